@@ -1,0 +1,128 @@
+"""Time forward+backward of causal attention patterns (LongLoRA §3.2, S2-Attn) and print a Markdown table.
+
+Compared: full causal SDPA, grouped attention without shift, the naive roll+reshape S2-Attn of the reference
+repository (written here as the baseline), this project's S2-Attn (wrap and leak-free) and its flash-attn
+varlen backend when CUDA and flash-attn are present. Inputs use the token-major memory layout that transformers'
+attention layers produce ((B, T, H, D) viewed as (B, H, T, D)).
+
+    python benchmarks/bench_attention.py --device cuda --dtype bf16 --heads 32 --kv-heads 8 --head-dim 128 \
+        --lengths 8192 16384 32768
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from repro.models.attention.s2attn import S2AttnConfig, repeat_kv, s2_attention
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def full_causal(q, k, v):
+    """Full causal attention, one SDPA call."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def grouped_no_shift(q, k, v, ratio):
+    """Groups of G tokens stacked in the batch, no shift (the target S2-Attn is compared against)."""
+    b, h, t, d = q.shape
+    g = int(t * ratio)
+
+    def cut(x):
+        return x.transpose(1, 2).reshape(b * (t // g), g, x.shape[1], d).transpose(1, 2)  # (B*n, H, G, D)
+
+    out = F.scaled_dot_product_attention(cut(q), cut(k), cut(v), is_causal=True,
+                                         enable_gqa=q.shape[1] != k.shape[1])  # (B*n, H, G, D)
+    return out.transpose(1, 2).reshape(b, t, h, d)  # (B, T, H, D)
+
+
+def naive_roll_s2(q, k, v, ratio):
+    """The reference recipe: repeat KV heads, roll half the heads by -G/2, reshape into groups, roll back."""
+    b, h, t, d = q.shape
+    g = int(t * ratio)
+    k, v = repeat_kv(k, h // k.shape[1]), repeat_kv(v, h // v.shape[1])
+
+    def roll(x, steps):
+        return torch.cat([x[:, :h // 2], x[:, h // 2:].roll(steps, dims=2)], dim=1)  # (B, H, T, D)
+
+    grouped = [roll(x, -g // 2).reshape(b, h, t // g, g, d).transpose(1, 2).reshape(b * (t // g), h, g, d)
+               for x in (q, k, v)]  # (B*n, H, G, D)
+    out = F.scaled_dot_product_attention(*grouped, is_causal=True)  # (B*n, H, G, D)
+    out = out.reshape(b, t // g, h, g, d).transpose(1, 2).reshape(b, h, t, d)  # (B, H, T, D)
+    return roll(out, g // 2)
+
+
+def time_fwd_bwd(fn: Callable, q, k, v, repeats: int) -> float:
+    """Median milliseconds of fn(q, k, v) forward + backward after one warm-up call."""
+    sync = torch.cuda.synchronize if q.is_cuda else (lambda: None)
+    times = []
+    for i in range(repeats + 1):
+        for x in (q, k, v):
+            x.grad = None
+        sync()
+        start = time.perf_counter()
+        fn(q, k, v).float().sum().backward()
+        sync()
+        if i:
+            times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def build_methods(args) -> dict[str, Callable]:
+    """Name -> attention function on (B, H, T, D)."""
+    r = args.ratio
+    methods = {
+        "full causal (SDPA)": full_causal,
+        "grouped, no shift": lambda q, k, v: grouped_no_shift(q, k, v, r),
+        "naive roll S2 (baseline)": lambda q, k, v: naive_roll_s2(q, k, v, r),
+        "S2 wrap (ours)": lambda q, k, v: s2_attention(q, k, v, S2AttnConfig(group_size_ratio=r, wrap=True)),
+        "S2 leak-free (ours)": lambda q, k, v: s2_attention(q, k, v, S2AttnConfig(group_size_ratio=r)),
+    }
+    if args.device.startswith("cuda"):
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            print("flash-attn not installed: flash backend skipped")
+        else:
+            methods["S2 leak-free (ours, flash)"] = lambda q, k, v: s2_attention(
+                q, k, v, S2AttnConfig(group_size_ratio=r, backend="flash"))
+    return methods
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=9)
+    parser.add_argument("--kv-heads", type=int, default=3)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--ratio", type=float, default=0.25)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    dtype, methods = DTYPES[args.dtype], build_methods(args)
+    rows = []
+    for t in args.lengths:
+        def make(heads):  # token-major memory, as transformers' q/k/v projections produce
+            x = torch.randn(args.batch, t, heads, args.head_dim, device=args.device, dtype=dtype)
+            return x.transpose(1, 2).requires_grad_()  # (B, H, T, D) view
+
+        q, k, v = make(args.heads), make(args.kv_heads), make(args.kv_heads)
+        timings = {name: time_fwd_bwd(fn, q, k, v, args.repeats) for name, fn in methods.items()}
+        full = timings["full causal (SDPA)"]
+        rows += [(t, name, ms, ms / full) for name, ms in timings.items()]
+    print(f"\nfwd+bwd, device={args.device}, dtype={args.dtype}, batch={args.batch}, heads={args.heads}/"
+          f"{args.kv_heads} x {args.head_dim}, group ratio {args.ratio}, median of {args.repeats}\n")
+    print("| tokens | method | ms | vs full |\n| ---: | --- | ---: | ---: |")
+    for t, name, ms, ratio in rows:
+        print(f"| {t} | {name} | {ms:.1f} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

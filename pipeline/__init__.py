@@ -1,0 +1,1 @@
+"""One short entry point per pipeline stage (see dvc.yaml)."""

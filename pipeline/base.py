@@ -1,0 +1,10 @@
+"""Stage longlora_base: materialise the base model (the tiny profile pretrains it at its original context).
+
+    python -m pipeline.base --params params.yaml
+"""
+
+from repro.cli import run_stage
+from repro.workflows.longlora import build_base
+
+if __name__ == "__main__":
+    run_stage(build_base)

@@ -1,0 +1,10 @@
+"""Stage longlora_evaluate: sliding-window perplexity and passkey retrieval with full attention.
+
+    python -m pipeline.evaluate --params params.yaml
+"""
+
+from repro.cli import run_stage
+from repro.workflows.longlora import evaluate
+
+if __name__ == "__main__":
+    run_stage(evaluate)

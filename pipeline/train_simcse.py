@@ -1,0 +1,25 @@
+"""Stage simcse_train@<run>: contrastive training of one run of ``simcse.runs`` (SimCSE §3–4).
+
+    python -m pipeline.train_simcse --params params.yaml --run unsup     # as DVC runs it
+    python -m pipeline.train_simcse -m simcse.run=unsup simcse.train.temperature=0.01,0.05,0.1
+
+Under Hydra each job reuses (or builds) the cached data, trains, and evaluates into its own folder.
+"""
+
+from omegaconf import DictConfig
+
+from repro.cli import StageContext, run_stage
+from repro.workflows import simcse
+
+
+def main(cfg: DictConfig, ctx: StageContext) -> None:
+    run = ctx.option("run", cfg.simcse.run)
+    if ctx.sweep:
+        simcse.prepare(cfg, ctx)
+    simcse.train(cfg, ctx, run)
+    if ctx.sweep:
+        simcse.evaluate(cfg, ctx, run)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,102 @@
+"""Entry-point plumbing shared by the ``pipeline/`` scripts.
+
+A stage script is run two ways:
+
+* by DVC: ``python -m pipeline.train --params params.yaml`` reads the composed ``params.yaml``
+  (DVC's Hydra integration wrote it from ``conf/``) and writes to the fixed paths that ``dvc.yaml``
+  declares;
+* by hand or as a Hydra sweep: ``python -m pipeline.train -m attention=full,s2`` composes ``conf/``
+  with Hydra; each job writes into its own Hydra output folder and is its own W&B run, grouped by
+  sweep.
+
+Either way the config is validated against the typed schema (:mod:`repro.config`) before anything
+heavy happens, so a typo fails with the key's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("repro")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Where a stage writes and how its W&B run is grouped.
+
+    Attributes:
+        out_root: root for this run's outputs: the repo root under DVC, the Hydra job folder in a sweep.
+        cache_root: shared cache for prepared data and base models (content-addressed in sweeps).
+        group: W&B group (experiment name, or the sweep's name).
+        sweep: whether this is a Hydra job rather than a DVC stage.
+        options: stage options given after ``--params FILE`` as ``--name value`` (e.g. ``--run sup``).
+    """
+
+    out_root: Path
+    cache_root: Path
+    group: str
+    sweep: bool
+    options: tuple[tuple[str, str], ...] = ()
+
+    def option(self, name: str, default: str | None = None) -> str | None:
+        """The value of ``--name`` given on the command line (DVC mode), else ``default``."""
+        return dict(self.options).get(name, default)
+
+    def path(self, relative: str | Path) -> Path:
+        """A path under the run's output root."""
+        return self.out_root / relative
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _experiment_group(cfg: DictConfig) -> str:
+    return str(cfg.wandb.group or cfg.run.experiment or "default")
+
+
+def run_stage(task: Callable[[DictConfig, StageContext], None]) -> None:
+    """Run ``task(cfg, ctx)`` from the command line (see module docstring).
+
+    ``--params FILE [--name value ...]`` selects DVC mode; any other arguments are Hydra overrides.
+    """
+    from repro.config import validate
+
+    _configure_logging()
+    argv = sys.argv[1:]
+    if argv and argv[0] == "--params":
+        rest = argv[2:]
+        if len(argv) < 2 or len(rest) % 2 or not all(a.startswith("--") for a in rest[::2]):
+            raise SystemExit("usage: python -m pipeline.<stage> --params params.yaml [--name value ...]")
+        params = Path(argv[1])
+        if not params.is_file():
+            raise SystemExit(f"params file not found: {params}")
+        cfg = validate(OmegaConf.load(params))
+        options = tuple((k[2:], v) for k, v in zip(rest[::2], rest[1::2]))
+        ctx = StageContext(Path.cwd(), Path.cwd() / cfg.run.cache_dir, _experiment_group(cfg), False, options)
+        task(cfg, ctx)
+        return
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    @hydra.main(config_path=str(REPO_ROOT / "conf"), config_name="config", version_base="1.3")
+    def _main(raw: DictConfig) -> None:
+        cfg = validate(raw)
+        hc = HydraConfig.get()
+        multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
+        group = _experiment_group(cfg)
+        if multirun and not cfg.wandb.group:
+            group = f"{group}-sweep-{Path(hc.sweep.dir).name}"
+        out_root = Path(hc.runtime.output_dir)
+        task(cfg, StageContext(out_root, REPO_ROOT / cfg.run.cache_dir, group, sweep=True))
+
+    _main()

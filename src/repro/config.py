@@ -1,0 +1,121 @@
+"""Typed validation of the composed config.
+
+The YAML tree under ``conf/`` is composed by Hydra (by DVC's Hydra integration for ``params.yaml``,
+or by the pipeline scripts directly). Composition already rejects overrides of keys that do not
+exist (Hydra's struct mode), e.g. ``-S longlora.train.max_stpes=3``. :func:`validate` then checks
+every section against the dataclass that the library code consumes, so a misspelt key in a YAML
+file, a wrong type or a missing value fails at start-up with the key's full name, never after a
+model has been loaded.
+
+The schemas are not put into Hydra's ConfigStore: DVC composes ``conf/`` without importing this
+package, so YAML files must compose on their own.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class RunConfig:
+    """Paths and run-wide settings (``run``)."""
+
+    profile: str = "tiny"
+    experiment: str = ""
+    data_dir: str = "data"
+    model_dir: str = "models"
+    metrics_dir: str = "metrics"
+    plots_dir: str = "plots"
+    cache_dir: str = ".cache/repro"
+    accelerator: str = "auto"
+    devices: int = 1
+
+
+@dataclass
+class WandbConfig:
+    """W&B settings (``wandb``); see :mod:`repro.tracking`."""
+
+    project_prefix: str = "repro"
+    entity: str | None = None
+    group: str | None = None
+    dir: str = "."
+
+
+# dotted key -> "module:Class" of the dataclass that the code consuming it expects.
+SECTION_SCHEMAS: dict[str, str] = {
+    "run": "repro.config:RunConfig",
+    "wandb": "repro.config:WandbConfig",
+    "longlora.data": "repro.data.lm_data:LMDataConfig",
+    "longlora.model": "repro.models.longlora:ModelConfig",
+    "longlora.attention": "repro.models.attention.s2attn:S2AttnConfig",
+    "longlora.adapter": "repro.models.longlora:AdapterConfig",
+    "longlora.base": "repro.workflows.longlora:BaseTrainConfig",
+    "longlora.train": "repro.lit.causal_lm:TrainConfig",
+    "longlora.eval": "repro.evaluation.perplexity:LMEvalConfig",
+}
+
+TOP_LEVEL_KEYS = {"seed", "run", "wandb", "longlora", "simcse", "ablations"}
+
+
+class ConfigError(ValueError):
+    """A config value is missing, misspelt or of the wrong type; the message names the key."""
+
+
+def _schema(spec: str) -> type:
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def register_sections(extra: dict[str, str]) -> dict[str, str]:
+    """The section table with ``extra`` entries added (used by the SimCSE workflow)."""
+    return {**SECTION_SCHEMAS, **extra}
+
+
+def validate(cfg: DictConfig, sections: dict[str, str] | None = None) -> DictConfig:
+    """Check ``cfg`` against the typed schemas; return a resolved, read-only copy.
+
+    Raises:
+        ConfigError: naming the offending key (``longlora.train.max_stpes``) and the reason.
+    """
+    sections = sections or _all_sections()
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config does not resolve: {exc}") from exc
+    out = OmegaConf.create(container)
+    unknown = set(out.keys()) - TOP_LEVEL_KEYS
+    if unknown:
+        raise ConfigError(f"unknown top-level config key(s): {sorted(unknown)}; expected {sorted(TOP_LEVEL_KEYS)}")
+    for dotted, spec in sections.items():
+        node = OmegaConf.select(out, dotted)
+        if node is None:
+            raise ConfigError(f"missing config section '{dotted}'")
+        try:
+            typed = OmegaConf.merge(OmegaConf.structured(_schema(spec)), node)
+        except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", "") or ""
+            where = f"{dotted}.{key}" if key else dotted
+            raise ConfigError(f"invalid config at '{where}': {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+        OmegaConf.update(out, dotted, typed, merge=False)
+    for dotted in sections:
+        missing = OmegaConf.missing_keys(OmegaConf.select(out, dotted))
+        if missing:
+            raise ConfigError(f"missing value(s) for {sorted(f'{dotted}.{m}' for m in missing)}")
+    OmegaConf.set_readonly(out, True)
+    return out
+
+
+def _all_sections() -> dict[str, str]:
+    from repro.workflows.simcse import SIMCSE_SECTIONS
+
+    return register_sections(SIMCSE_SECTIONS)
+
+
+def to_dataclass(node: DictConfig, spec_or_cls) -> object:
+    """Instantiate the dataclass for a validated section (``OmegaConf.to_object``)."""
+    cls = _schema(spec_or_cls) if isinstance(spec_or_cls, str) else spec_or_cls
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), node))

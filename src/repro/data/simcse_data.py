@@ -1,0 +1,277 @@
+"""The SimCSE ``prepare`` stage: training text, STS evaluation sets and (tiny) a tokenizer, with a manifest.
+
+Writes, under ``out_dir``:
+
+* ``train_sentences.txt`` -- unsupervised SimCSE input, one sentence per line (wiki1m format, §3);
+* ``train_triplets.csv`` -- supervised input, ``sent0,sent1,hard_neg`` (``nli_for_simcse.csv`` format, §4);
+* ``sts/<task>_<split>.tsv`` -- STS12–16 (test, every subset), STS-B (dev, test), SICK-R (test) in
+  the TSV layout of :mod:`repro.data.sts`, so evaluation reads one format whatever the source;
+* ``tokenizer/`` -- with ``train_tokenizer``: a lower-cased BERT-style WordPiece tokenizer trained on
+  the training text, loadable with ``AutoTokenizer.from_pretrained`` (for the tiny encoder);
+* ``manifest.json`` -- counts, skipped pairs, sha256 of every file and a fingerprint of the inputs.
+
+A rerun whose fingerprint (config + sha256 of local input files) matches the manifest, and whose
+outputs are intact, does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Optional
+
+from repro.data.nli import NLI_FILE, load_nli_hub, read_nli_csv, synthetic_triplets, write_nli_csv
+from repro.data.sentences import (WIKI1M_FILE, WIKI1M_REPO, load_wiki1m_hub, read_sentence_file,
+                                  synthetic_sentences)
+from repro.data.sts import (STSTask, TASK_KEYS, load_sts_hub, read_sts_task, synthetic_sts_task,
+                            write_sts_tsv)
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SOURCES = ("synthetic", "local", "hub")
+OBJECTIVES = ("unsup", "sup", "both")
+EVAL_SPLITS = MappingProxyType({"STSBenchmark": ("dev", "test"), "SICKRelatedness": ("test",)})
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+@dataclass
+class SimCSEDataConfig:
+    """Where SimCSE data comes from and how much of it (Hydra group ``sentence_data``, ``simcse.data``).
+
+    Attributes:
+        source: ``synthetic`` (grammar stand-in), ``local`` (files on disk) or ``hub``.
+        objective: ``unsup`` (sentences), ``sup`` (NLI triplets) or ``both``.
+        wiki_path: local: one-sentence-per-line text file (wiki1m format).
+        nli_path: local: ``sent0,sent1,hard_neg`` CSV.
+        sts_root: local: STS folder in ``sts_layout`` (SentEval ``downstream`` folder or TSV folder).
+        sts_layout: ``senteval`` or ``tsv``.
+        hub_repo: hub dataset repo with the SimCSE training files.
+        hub_wiki_file: file name of wiki1m in ``hub_repo``.
+        hub_nli_file: file name of the NLI triplets in ``hub_repo``.
+        hub_stsb_repo: STS-B repo (``sentence-transformers/stsb`` or ``mteb/stsbenchmark-sts``).
+        hub_revision: pinned revision of ``hub_repo`` (None: default branch).
+        max_sentences: keep the first N training sentences (None: all).
+        max_triplets: keep the first N triplets (None: all).
+        n_sentences: synthetic: number of training sentences.
+        n_triplets: synthetic: number of triplets.
+        n_sts_pairs: synthetic: pairs per STS task (split into subsets for STS12–16).
+        seed: synthetic: generator seed.
+        train_tokenizer: also train a WordPiece tokenizer on the training text (tiny encoder).
+        vocab_size: WordPiece vocabulary size.
+        lowercase: lower-case in the tokenizer's normaliser (as bert-base-uncased).
+        note: provenance label for reports (e.g. that a local STS copy has held-out pairs).
+    """
+
+    source: str = "synthetic"
+    objective: str = "both"
+    wiki_path: Optional[str] = None
+    nli_path: Optional[str] = None
+    sts_root: Optional[str] = None
+    sts_layout: str = "senteval"
+    hub_repo: str = WIKI1M_REPO
+    hub_wiki_file: str = WIKI1M_FILE
+    hub_nli_file: str = NLI_FILE
+    hub_stsb_repo: str = "sentence-transformers/stsb"
+    hub_revision: Optional[str] = None
+    max_sentences: Optional[int] = None
+    max_triplets: Optional[int] = None
+    n_sentences: int = 2000
+    n_triplets: int = 1000
+    n_sts_pairs: int = 200
+    seed: int = 0
+    train_tokenizer: bool = False
+    vocab_size: int = 2000
+    lowercase: bool = True
+    note: str = ""
+
+
+def build_simcse_data_config(cfg: Mapping[str, Any] | SimCSEDataConfig) -> SimCSEDataConfig:
+    """Validate a mapping (plain dict or OmegaConf node) into :class:`SimCSEDataConfig`.
+
+    Raises:
+        KeyError: an unknown key (named).
+        ValueError: a bad ``source``/``objective``/``sts_layout`` or a missing local path (named).
+    """
+    if not isinstance(cfg, SimCSEDataConfig):
+        known = {f.name for f in fields(SimCSEDataConfig)}
+        items = dict(cfg.items())
+        unknown = sorted(set(items) - known)
+        if unknown:
+            raise KeyError(f"unknown simcse.data key(s) {unknown}; known: {sorted(known)}")
+        cfg = SimCSEDataConfig(**items)
+    if cfg.source not in SOURCES:
+        raise ValueError(f"simcse.data.source={cfg.source!r}; expected one of {SOURCES}")
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"simcse.data.objective={cfg.objective!r}; expected one of {OBJECTIVES}")
+    if cfg.sts_layout not in ("senteval", "tsv"):
+        raise ValueError(f"simcse.data.sts_layout={cfg.sts_layout!r}; expected 'senteval' or 'tsv'")
+    if cfg.source == "local":
+        needed = ["sts_root"] + (["wiki_path"] if cfg.objective != "sup" else []) \
+            + (["nli_path"] if cfg.objective != "unsup" else [])
+        for key in needed:
+            if not getattr(cfg, key):
+                raise ValueError(f"simcse.data.{key} must be set when source='local'")
+    return cfg
+
+
+def register_configs() -> None:
+    """Register :class:`SimCSEDataConfig` as ``sentence_data/schema`` in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="sentence_data", name="schema", node=SimCSEDataConfig,
+                                 package="simcse.data")
+
+
+def train_wordpiece_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2000,
+                              lowercase: bool = True, model_max_length: int = 128):
+    """Train a BERT-style WordPiece tokenizer and save it where ``AutoTokenizer`` finds it.
+
+    Same pipeline as ``bert-base-uncased``: BERT normaliser (lower-casing), BERT pre-tokeniser,
+    WordPiece with ``##`` continuation, ``[CLS] A [SEP]`` / ``[CLS] A [SEP] B [SEP]`` templates.
+
+    Returns:
+        The wrapped ``transformers`` tokenizer (already saved to ``out_dir``).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                        show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    wrapped = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]",
+                                pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
+                                do_lower_case=lowercase, model_max_length=model_max_length)
+    wrapped.save_pretrained(str(out_dir))
+    return wrapped
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def input_fingerprint(cfg: SimCSEDataConfig) -> str:
+    """sha256 over the config and the bytes of every local input file (paths sorted)."""
+    digest = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, **asdict(cfg)}, sort_keys=True).encode())
+    if cfg.source == "local":
+        paths = [Path(p) for p in (cfg.wiki_path, cfg.nli_path) if p]
+        root = Path(cfg.sts_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"simcse.data.sts_root is not a folder: {root}")
+        paths += sorted(p for p in root.rglob("*") if p.is_file())
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"SimCSE input file not found: {path}")
+            digest.update(str(path).encode() + b"\0" + sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def _is_current(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("fingerprint") != fingerprint:
+        return None
+    for rel, meta in manifest.get("files", {}).items():
+        target = out_dir / rel
+        if not target.is_file() or sha256_file(target) != meta["sha256"]:
+            return None
+    return manifest
+
+
+def _load_sts(cfg: SimCSEDataConfig, name: str) -> STSTask:
+    splits = EVAL_SPLITS.get(name)
+    if cfg.source == "synthetic":
+        return synthetic_sts_task(name, cfg.seed, cfg.n_sts_pairs)
+    if cfg.source == "local":
+        return read_sts_task(name, cfg.sts_root, cfg.sts_layout, splits=splits)
+    return load_sts_hub(name, splits=splits, stsb_repo=cfg.hub_stsb_repo)
+
+
+def prepare_simcse_data(cfg: Mapping[str, Any] | SimCSEDataConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Write the SimCSE training and evaluation data described in the module docstring.
+
+    Args:
+        cfg: a :class:`SimCSEDataConfig` or a mapping with its fields (``simcse.data``).
+        out_dir: output folder (created).
+
+    Returns:
+        The manifest (also written to ``out_dir/manifest.json``); ``"up_to_date": True`` is added to
+        the returned copy when nothing had to be rewritten.
+    """
+    cfg = build_simcse_data_config(cfg)
+    out_dir = Path(out_dir)
+    fingerprint = input_fingerprint(cfg)
+    current = _is_current(out_dir, fingerprint)
+    if current is not None:
+        log.info("%s is up to date (fingerprint %s)", out_dir, fingerprint[:12])
+        return {**current, "up_to_date": True}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)
+    counts: dict[str, Any] = {}
+    written: list[Path] = []
+    texts: list[str] = []
+    if cfg.objective in ("unsup", "both"):
+        if cfg.source == "synthetic":
+            sentences = synthetic_sentences(cfg.n_sentences, cfg.seed)
+        elif cfg.source == "local":
+            sentences = read_sentence_file(cfg.wiki_path, cfg.max_sentences)
+        else:
+            sentences = load_wiki1m_hub(cfg.hub_repo, cfg.hub_wiki_file, cfg.max_sentences, cfg.hub_revision)
+        path = out_dir / "train_sentences.txt"
+        path.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
+        counts["train_sentences"], texts = len(sentences), texts + sentences
+        written.append(path)
+    if cfg.objective in ("sup", "both"):
+        if cfg.source == "synthetic":
+            triplets = synthetic_triplets(cfg.n_triplets, cfg.seed + 1)
+        elif cfg.source == "local":
+            triplets = read_nli_csv(cfg.nli_path, cfg.max_triplets)
+        else:
+            triplets = load_nli_hub(cfg.hub_repo, cfg.hub_nli_file, cfg.max_triplets, cfg.hub_revision)
+        path = out_dir / "train_triplets.csv"
+        write_nli_csv(triplets, path)
+        counts["train_triplets"] = len(triplets)
+        texts += [s for t in triplets for s in t]
+        written.append(path)
+    sts_counts, skipped, notes = {}, {}, [cfg.note] if cfg.note else []
+    for name in TASK_KEYS:
+        task = _load_sts(cfg, name)
+        written += write_sts_tsv(task, out_dir / "sts")
+        sts_counts[task.key] = {sub: len(p.gold) for sub, p in task.items()}
+        skipped[task.key] = {k: v for k, v in task.skipped.items() if v}
+        if task.note and task.note not in notes:
+            notes.append(task.note)
+    counts["sts"] = sts_counts
+    if cfg.train_tokenizer:
+        tok_dir = out_dir / "tokenizer"
+        train_wordpiece_tokenizer(texts, tok_dir, cfg.vocab_size, cfg.lowercase)
+        written += sorted(p for p in tok_dir.iterdir() if p.is_file())
+    manifest = {
+        "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "source": cfg.source,
+        "note": "; ".join(notes), "config": asdict(cfg), "counts": counts,
+        "skipped_without_gold": {k: v for k, v in skipped.items() if v},
+        "files": {p.relative_to(out_dir).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                  for p in sorted(written)},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return manifest

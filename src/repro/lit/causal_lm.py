@@ -1,0 +1,288 @@
+"""Causal-LM training for LongLoRA: LightningModule, packed-block DataModule and an exactly resumable Trainer.
+
+Optimisation follows LongLoRA §4.1 and the reference ``fine-tune.py`` launch settings: AdamW with weight decay 0,
+learning rate 2e-5 (1e-5 for 70B), 20 linear warm-up steps then a constant rate (Hugging Face's
+``constant_with_warmup``), gradient clipping at 1.0 (the HF Trainer default), per-device batch 1 with 8
+gradient-accumulation steps on 8 GPUs, 1000 steps.
+
+Resumption is exact: the order of training blocks is a function of ``(seed, epoch)`` only, and a resumed run starts
+its sampler at ``global_step * batch_size * grad_accum``, so it sees the very next batch the interrupted run would
+have seen. Lightning 2.6 restores the loop state (hence ``global_step``) before it asks for ``train_dataloader``.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+_PRECISIONS = ("32", "bf16-mixed", "bf16-true")
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters (``longlora.train`` in the Hydra config).
+
+    Attributes:
+        context_length: Target context (tokens per block): 8192 and up in the paper, e.g. 512 on the tiny profile.
+        max_steps: Optimizer steps (paper: 1000).
+        batch_size: Blocks per micro-batch (paper: 1 per GPU).
+        grad_accum: Micro-batches per optimizer step (paper: 8).
+        lr: Peak learning rate (paper §4.1: 2e-5 for 7B/13B, 1e-5 for 70B).
+        weight_decay: AdamW weight decay (paper: 0).
+        warmup_steps: Linear warm-up steps before the constant rate (paper: 20).
+        gradient_clip_val: Max global gradient norm (HF Trainer default 1.0, used by the reference runs).
+        precision: Lightning precision, ``"32"``, ``"bf16-mixed"`` or ``"bf16-true"``.
+        seed: Seed for the data order and Lightning's ``seed_everything``.
+        log_every_n_steps: Logging interval in optimizer steps.
+        ckpt_every_n_steps: Checkpoint interval in optimizer steps (``last.ckpt`` is always refreshed).
+        num_workers: DataLoader worker processes.
+    """
+
+    context_length: int = 512
+    max_steps: int = 1000
+    batch_size: int = 1
+    grad_accum: int = 8
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    gradient_clip_val: float = 1.0
+    precision: str = "32"
+    seed: int = 0
+    log_every_n_steps: int = 1
+    ckpt_every_n_steps: int = 100
+    num_workers: int = 0
+
+
+def warmup_constant_lambda(warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier of HF ``constant_with_warmup``: ``step / warmup`` while warming up, then 1."""
+
+    def factor(step: int) -> float:
+        return 1.0 if step >= warmup_steps else float(step) / float(max(1, warmup_steps))
+
+    return factor
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """Peak memory in MiB and what it measures.
+
+    Returns:
+        ``(torch.cuda.max_memory_allocated, "cuda_max_allocated")`` on a CUDA device, otherwise the process's peak
+        resident set size from ``getrusage`` and ``"cpu_max_rss"``.
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return (rss / 2**20 if sys.platform == "darwin" else rss / 2**10), "cpu_max_rss"
+
+
+class CausalLMModule(L.LightningModule):
+    """Next-token training of an (adapted) causal LM on packed blocks.
+
+    The loss is the model's own shifted cross-entropy (``labels`` equal to ``input_ids``). Only trainable parameters
+    go to AdamW and into checkpoints, so a LoRA checkpoint of a 7B model stays small; the frozen base is rebuilt
+    from its source on resume (``strict_loading`` is off for that reason).
+
+    Logged every ``log_every_n_steps`` optimizer steps: ``train/loss``, ``train/lr``, ``train/tokens_per_s``
+    (tokens over wall time since the previous log), ``train/step_time_s`` (mean seconds per optimizer step over the
+    same interval), ``train/peak_mem_mb`` and ``train/peak_mem_is_cuda`` (1 for CUDA ``max_memory_allocated``, 0 for
+    the CPU process's peak RSS).
+
+    Args:
+        model: The model to train (a peft model, or a plain one for full fine-tuning).
+        train_cfg: Training config.
+        config_dicts: Plain config dictionaries (model / adapter / attention ...) stored as hyper-parameters.
+    """
+
+    def __init__(self, model: torch.nn.Module, train_cfg: TrainConfig, config_dicts: dict[str, Any] | None = None):
+        super().__init__()
+        self.model = model
+        self.train_cfg = train_cfg
+        self.save_hyperparameters({"train": asdict(train_cfg), **(config_dicts or {})})
+        self.strict_loading = False
+        self._interval_tokens = 0
+        self._interval_start: float | None = None
+        self._interval_first_step = 0
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
+        return self.model(input_ids=input_ids, labels=labels)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        input_ids = batch["input_ids"]  # (B, T)
+        labels = batch.get("labels", input_ids)  # (B, T); HF shifts inside the loss
+        if self._interval_start is None:
+            self._interval_start = time.perf_counter()
+            self._interval_first_step = self.global_step
+        loss = self(input_ids, labels).loss
+        self._interval_tokens += input_ids.numel()
+        self.log("train/loss", loss.detach(), on_step=True, prog_bar=False, batch_size=input_ids.shape[0])
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=input_ids.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.global_step  # already incremented when this micro-batch finished an optimizer step
+        steps = step - self._interval_first_step
+        if steps <= 0 or step % self.train_cfg.log_every_n_steps != 0 or self._interval_start is None:
+            return
+        elapsed = max(time.perf_counter() - self._interval_start, 1e-9)
+        mem, source = peak_memory_mb(self.device)
+        self.log_dict(
+            {
+                "train/tokens_per_s": self._interval_tokens / elapsed,
+                "train/step_time_s": elapsed / steps,
+                "train/peak_mem_mb": mem,
+                "train/peak_mem_is_cuda": float(source == "cuda_max_allocated"),
+            },
+            on_step=True,
+        )
+        self._interval_tokens, self._interval_start = 0, None
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("CausalLMModule: the model has no trainable parameters (check longlora.adapter)")
+        optimizer = torch.optim.AdamW(params, lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant_lambda(self.train_cfg.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+
+class ResumableBlockSampler(Sampler[int]):
+    """Infinite sampler: a fresh permutation of all blocks per epoch, determined by ``(seed, epoch)``.
+
+    Args:
+        num_blocks: Dataset length.
+        seed: Data-order seed.
+        start: Index into the infinite stream to start from (``global_step * batch_size * grad_accum`` on resume).
+    """
+
+    def __init__(self, num_blocks: int, seed: int, start: int = 0):
+        if num_blocks <= 0:
+            raise ValueError("ResumableBlockSampler: the dataset is empty")
+        self.num_blocks, self.seed, self.start = num_blocks, seed, start
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The block order of one epoch."""
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_blocks)
+
+    def __iter__(self) -> Iterator[int]:
+        position = self.start
+        while True:
+            epoch, offset = divmod(position, self.num_blocks)
+            order = self.permutation(epoch)
+            for index in order[offset:]:
+                yield int(index)
+            position = (epoch + 1) * self.num_blocks
+
+
+class PackedBlocksDataModule(L.LightningDataModule):
+    """Training blocks (``{"input_ids", "labels"}`` of length ``context_length``) in a resumable order.
+
+    Args:
+        train_cfg: Batch size, accumulation, seed and worker count come from here.
+        dataset: A map-style dataset of packed blocks (e.g. ``repro.data.lm_data.PackedBlocks``).
+        path: Alternatively a file to load lazily with ``loader(path)`` in :meth:`setup`.
+        loader: Callable turning ``path`` into a dataset.
+    """
+
+    def __init__(
+        self,
+        train_cfg: TrainConfig,
+        dataset: Dataset | None = None,
+        path: str | Path | None = None,
+        loader: Callable[[Path], Dataset] | None = None,
+    ):
+        super().__init__()
+        if dataset is None and (path is None or loader is None):
+            raise ValueError("PackedBlocksDataModule needs a dataset, or both path and loader")
+        self.train_cfg, self.dataset, self.path, self.loader = train_cfg, dataset, path, loader
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            self.dataset = self.loader(Path(self.path))
+
+    def samples_consumed(self) -> int:
+        """Blocks already used by completed optimizer steps (0 without a trainer)."""
+        trainer = getattr(self, "trainer", None)
+        step = trainer.global_step if trainer is not None else 0
+        return step * self.train_cfg.batch_size * self.train_cfg.grad_accum
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        sampler = ResumableBlockSampler(len(self.dataset), self.train_cfg.seed, start=self.samples_consumed())
+        return DataLoader(
+            self.dataset,
+            batch_size=self.train_cfg.batch_size,
+            sampler=sampler,
+            num_workers=self.train_cfg.num_workers,
+            drop_last=False,
+        )
+
+
+def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """``last.ckpt`` in ``ckpt_dir`` if a previous run left one, else ``None``."""
+    last = Path(ckpt_dir) / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def build_trainer(
+    train_cfg: TrainConfig,
+    ckpt_dir: str | Path,
+    loggers: list[Any] | bool = False,
+    callbacks: list[Any] | None = None,
+    accelerator: str = "auto",
+) -> L.Trainer:
+    """A Trainer for ``train_cfg`` that checkpoints every ``ckpt_every_n_steps`` and always refreshes ``last.ckpt``.
+
+    Use it with :func:`fit_resumable` so a rerun continues from ``last.ckpt`` after a crash.
+    """
+    if train_cfg.precision not in _PRECISIONS:
+        raise ValueError(f"longlora.train.precision={train_cfg.precision!r}; expected one of {_PRECISIONS}")
+    L.seed_everything(train_cfg.seed, workers=True, verbose=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=str(ckpt_dir),
+        every_n_train_steps=train_cfg.ckpt_every_n_steps,
+        save_last=True,
+        save_top_k=-1,
+        filename="step{step:06d}",
+        auto_insert_metric_name=False,
+    )
+    return L.Trainer(
+        max_steps=train_cfg.max_steps,
+        accumulate_grad_batches=train_cfg.grad_accum,
+        precision=train_cfg.precision,
+        gradient_clip_val=train_cfg.gradient_clip_val,
+        log_every_n_steps=train_cfg.log_every_n_steps,
+        callbacks=[checkpoint, *(callbacks or [])],
+        logger=loggers,
+        accelerator=accelerator,
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic="warn",
+        use_distributed_sampler=False,
+    )
+
+
+def fit_resumable(
+    trainer: L.Trainer, module: CausalLMModule, datamodule: PackedBlocksDataModule, ckpt_dir: str | Path
+) -> Path | None:
+    """Fit, resuming from ``ckpt_dir/last.ckpt`` when present; returns the checkpoint resumed from."""
+    resume = find_resume_checkpoint(ckpt_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    return resume

@@ -1,0 +1,302 @@
+"""SimCSE training as a LightningModule (Gao, Yao, Chen, EMNLP 2021).
+
+Unsupervised SimCSE (§3): each sentence is encoded twice, the two dropout views are positives and
+the other sentences of the batch negatives. Supervised SimCSE (§4): NLI (premise, entailment,
+contradiction) triplets, the contradiction as a hard negative. The loss is
+:func:`repro.losses.info_nce`; the optimiser mirrors the reference's Hugging Face Trainer setup
+(AdamW, no decay on biases and LayerNorm weights, linear decay after an optional warm-up), and model
+selection keeps the checkpoint with the best STS-B development Spearman, evaluated every
+``eval_every_n_steps`` steps (125 in the reference's ``run_unsup_example.sh``; Appendix A).
+
+How a stage wires it::
+
+    module = SimCSEModule(encoder, train_cfg, dev_eval=my_stsb_dev_eval)
+    data = SimCSEDataModule(examples, encoder.tokenizer, encoder.cfg.max_length, train_cfg)
+    trainer = L.Trainer(**build_trainer_kwargs(train_cfg), callbacks=build_callbacks(ckpt_dir), logger=...)
+    trainer.fit(module, datamodule=data, ckpt_path="last" if resuming else None)
+
+The dev evaluation runs in Lightning's validation loop (``val_check_interval = eval_every_n_steps``,
+one placeholder validation batch from the DataModule), so ModelCheckpoint sees the fresh metric.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import Tensor
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from repro.losses import gather_with_grad, info_nce
+from repro.models.sentence_encoder import SentenceEncoder
+
+__all__ = [
+    "DEV_METRIC",
+    "SimCSECollator",
+    "SimCSEDataModule",
+    "SimCSEModule",
+    "SimCSETrainConfig",
+    "build_callbacks",
+    "build_trainer_kwargs",
+]
+
+DEV_METRIC = "eval/stsb_dev_spearman"
+DevEval = Callable[[Callable[[list[str]], Tensor]], dict[str, float]]
+_MODES = ("unsup", "sup")
+
+
+@dataclass
+class SimCSETrainConfig:
+    """SimCSE training settings (Hydra node ``simcse.train``); defaults are the paper's BERT-base unsup run.
+
+    Attributes:
+        mode: "unsup" (sentences; positives from dropout) or "sup" (NLI triplets).
+        temperature: τ of the InfoNCE loss (0.05, Appendix A / Table D.1).
+        hard_negative_weight: log α added to each anchor's own hard-negative logit (reference's
+            ``--hard_negative_weight``; 0.0 ↔ α = 1, the paper's default).
+        lr: peak learning rate (3e-5 unsup BERT-base, 5e-5 sup BERT-base; Appendix A).
+        batch_size: sentences (unsup) or triplets (sup) per step (64 unsup, 512 sup in the paper).
+        max_steps: optimiser steps (1M wiki sentences / 64 = 15625, one epoch as in the paper).
+        warmup_steps: linear warm-up steps (0 in the reference).
+        weight_decay: AdamW decay, not applied to biases and LayerNorm weights (0.0 in the reference).
+        precision: Lightning precision ("32-true", "bf16-mixed", "16-mixed").
+        eval_every_n_steps: STS-B dev evaluation and checkpoint selection interval (125, reference).
+        seed: seed for initialisation and shuffling (42 in the reference's scripts).
+        fixed_dropout: share one dropout mask between the two views ("fixed 0.1", Table 3).
+        eval_batch_size: batch size of ``encode`` during the dev evaluation.
+        num_workers: DataLoader workers.
+    """
+
+    mode: str = "unsup"
+    temperature: float = 0.05
+    hard_negative_weight: float = 0.0
+    lr: float = 3e-5
+    batch_size: int = 64
+    max_steps: int = 15625
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    precision: str = "32-true"
+    eval_every_n_steps: int = 125
+    seed: int = 42
+    fixed_dropout: bool = False
+    eval_batch_size: int = 128
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"unknown SimCSE mode {self.mode!r} (key 'mode'); valid: {', '.join(_MODES)}")
+        if self.eval_every_n_steps <= 0:
+            raise ValueError(f"'eval_every_n_steps' must be > 0; got {self.eval_every_n_steps}")
+
+
+class SimCSECollator:
+    """Tokenise a batch of sentences (unsup) or pairs/triplets (sup) into [B, V, T] tensors.
+
+    Padding goes to the longest sentence of the batch, truncation to ``max_length``; the V views of
+    an example are tokenised together, like the reference's flattened ``[bs * num_sent, len]`` input.
+
+    Args:
+        tokenizer: the encoder's tokenizer.
+        max_length: truncation length (32 in the reference).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, items: Sequence[str | Sequence[str]]) -> dict[str, Tensor]:
+        """Returns ``input_ids`` and ``attention_mask`` of shape [B, V, T] (V = 1 for sentences)."""
+        rows = [[item] if isinstance(item, str) else list(item) for item in items]
+        n_views = len(rows[0])
+        for i, row in enumerate(rows):
+            if len(row) != n_views or not all(isinstance(s, str) for s in row):
+                raise ValueError(f"batch item {i} has {len(row)} fields, expected {n_views} strings: {row!r}")
+        flat = [s for row in rows for s in row]  # [B*V] in row-major (example, view) order
+        enc = self.tokenizer(flat, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        shape = (len(rows), n_views, -1)
+        return {
+            "input_ids": enc["input_ids"].view(shape),  # [B, V, T]
+            "attention_mask": enc["attention_mask"].view(shape),  # [B, V, T]
+        }
+
+
+class SimCSEDataModule(L.LightningDataModule):
+    """Shuffled training batches plus one placeholder validation batch that triggers the dev eval.
+
+    Args:
+        examples: sentences (unsup) or (sent0, sent1[, hard_neg]) tuples (sup).
+        tokenizer: the encoder's tokenizer.
+        max_length: truncation length.
+        cfg: training settings (batch size, seed, workers).
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[str | Sequence[str]],
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        cfg: SimCSETrainConfig,
+    ) -> None:
+        super().__init__()
+        if not examples:
+            raise ValueError("SimCSEDataModule: no training examples")
+        self.examples = list(examples)
+        self.collate = SimCSECollator(tokenizer, max_length)
+        self.cfg = cfg
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        return DataLoader(
+            self.examples,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=self.collate,
+            num_workers=self.cfg.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader([0], batch_size=1)  # the dev evaluation itself runs in on_validation_epoch_end
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """Peak memory: CUDA max allocated on a GPU, process max RSS (ru_maxrss, KiB on Linux) on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+
+
+class SimCSEModule(L.LightningModule):
+    """Contrastive training of a :class:`SentenceEncoder` (unsup or sup SimCSE).
+
+    Logs ``train/loss``, ``train/lr``, ``train/sentences_per_s`` (examples per second of
+    forward + backward + optimiser step) and ``train/peak_mem_mb`` (see :attr:`peak_mem_source`);
+    every validation (= every ``eval_every_n_steps`` steps) calls ``dev_eval`` and logs
+    ``eval/stsb_dev_spearman`` plus any other returned numbers as ``eval/<key>`` (e.g. align,
+    uniform).
+
+    Args:
+        encoder: the sentence encoder to train.
+        cfg: training settings.
+        dev_eval: ``dev_eval(encode_fn) -> dict`` where ``encode_fn(list[str]) -> Tensor[N, d]``;
+            the dict must hold "stsb_dev_spearman" (or "spearman"). None disables the dev eval.
+    """
+
+    def __init__(self, encoder: SentenceEncoder, cfg: SimCSETrainConfig, dev_eval: DevEval | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = cfg
+        self.dev_eval = dev_eval
+        self.peak_mem_source = "process_max_rss"
+        self._step_start: float | None = None
+        self.save_hyperparameters({"train": asdict(cfg), "encoder": asdict(encoder.cfg)})
+
+    def embed_batch(self, batch: dict[str, Tensor]) -> Tensor:
+        """Embeddings [B, V', d] of a collated batch (V' = 2 for sentences: two dropout views)."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]  # [B, V, T]
+        n_ex, n_views, seq = ids.shape
+        if n_views == 1:
+            return self.encoder.forward_views(ids[:, 0], mask[:, 0], 2, fixed_dropout=self.cfg.fixed_dropout)
+        emb = self.encoder(ids.reshape(n_ex * n_views, seq), mask.reshape(n_ex * n_views, seq))  # [B*V, d]
+        return emb.view(n_ex, n_views, -1)  # [B, V, d]
+
+    def compute_loss(self, z: Tensor) -> Tensor:
+        """InfoNCE on [B, V, d] views (V = 2: positives; V = 3: plus hard negatives), gathered across ranks."""
+        z1, z2 = gather_with_grad(z[:, 0]), gather_with_grad(z[:, 1])  # [N, d] each
+        z3 = gather_with_grad(z[:, 2]) if z.shape[1] >= 3 else None
+        return info_nce(z1, z2, self.cfg.temperature, z3, self.cfg.hard_negative_weight)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.compute_loss(self.embed_batch(batch))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if self._step_start is not None:
+            elapsed = time.perf_counter() - self._step_start
+            self.log("train/sentences_per_s", batch["input_ids"].shape[0] / max(elapsed, 1e-9))
+        peak, self.peak_mem_source = _peak_memory_mb(self.device)
+        self.log("train/peak_mem_mb", peak)
+        if self.trainer is not None and self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def encode_fn(self) -> Callable[[list[str]], Tensor]:
+        """``encode(list[str]) -> [N, d]`` on this module's device, for evaluators."""
+        return partial(self.encoder.encode, batch_size=self.cfg.eval_batch_size, device=self.device)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        return None  # placeholder batch; the work happens once per validation in the hook below
+
+    def on_validation_epoch_end(self) -> None:
+        if self.dev_eval is None:
+            return
+        results = dict(self.dev_eval(self.encode_fn()))
+        if "spearman" in results and "stsb_dev_spearman" not in results:
+            results["stsb_dev_spearman"] = results.pop("spearman")
+        if "stsb_dev_spearman" not in results:
+            raise KeyError(f"dev_eval must return 'stsb_dev_spearman' (or 'spearman'); got keys {sorted(results)}")
+        for key, value in results.items():
+            if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1):
+                self.log(f"eval/{key}", float(value), prog_bar=key == "stsb_dev_spearman")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        # HF Trainer (used by the reference) exempts biases and LayerNorm weights from weight decay
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if name.endswith("bias") or "LayerNorm" in name or "norm" in name else decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr)
+        total = self.cfg.max_steps if self.cfg.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(optimizer, self.cfg.warmup_steps, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def build_callbacks(ckpt_dir: str | Path) -> list[Callback]:
+    """ModelCheckpoint keeping the best STS-B dev Spearman (the paper's model selection) and ``last.ckpt``.
+
+    ``last.ckpt`` is rewritten at every evaluation, so ``trainer.fit(..., ckpt_path="last")`` resumes.
+    The best file is ``best-step=<N>.ckpt``; ``callbacks[0].best_model_path`` names it.
+    """
+    best = ModelCheckpoint(
+        dirpath=str(ckpt_dir),
+        filename="best-step={step}",
+        auto_insert_metric_name=False,
+        monitor=DEV_METRIC,
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+    )
+    return [best]
+
+
+def build_trainer_kwargs(cfg: SimCSETrainConfig) -> dict[str, Any]:
+    """Trainer arguments that make validation (the dev eval) run every ``eval_every_n_steps`` steps."""
+    return {
+        "max_steps": cfg.max_steps,
+        "precision": cfg.precision,
+        "val_check_interval": cfg.eval_every_n_steps,
+        "check_val_every_n_epoch": None,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 1,
+    }

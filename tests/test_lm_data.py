@@ -1,0 +1,379 @@
+"""LongLoRA data: sources, tokenizer, packing, token streams, checksummed cache, PackedBlocks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer
+
+from repro.data import lm_data
+from repro.data.lm_data import (
+    LMDataConfig, PackedBlocks, SourceConfig, TokenizerConfig, lm_data_config_from_dict, load_array,
+    pack_documents, prepare_lm_data, token_stream, write_array,
+)
+from repro.data.synthetic import generate_documents
+from repro.data.text_sources import HubSource, LocalSource, build_source
+from repro.data.tokenizer import build_tokenizer, token_dtype_for
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return build_tokenizer(TokenizerConfig(vocab_size=400), generate_documents(seed=0, num_docs=60))
+
+
+def _tiny_cfg(**over) -> LMDataConfig:
+    cfg = LMDataConfig(
+        train=SourceConfig(kind="synthetic", seed=0, num_docs=30),
+        eval_sets={"heldout": SourceConfig(kind="synthetic", seed=9, num_docs=4)},
+        tokenizer=TokenizerConfig(vocab_size=400),
+    )
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+# ---------------------------------------------------------------- packing and streams
+
+
+def _joined(lists, eos):
+    flat = []
+    for i, d in enumerate(lists):
+        if i:
+            flat.append(eos)
+        flat.extend(int(t) for t in d)
+    return flat
+
+
+def test_pack_documents_equals_direct_concatenation_and_cut():
+    rng = np.random.default_rng(0)
+    lists = [rng.integers(1, 50, size=rng.integers(1, 30)).tolist() for _ in range(20)]
+    flat = _joined(lists, eos=0)
+    blocks = pack_documents(lists, block_size=16, eos_id=0)
+    expected = [flat[i : i + 16] for i in range(0, len(flat) - 15, 16)]
+    assert blocks.shape == (len(flat) // 16, 16)
+    assert blocks.tolist() == expected
+    capped = pack_documents(lists, block_size=16, eos_id=0, max_tokens=50)
+    assert capped.tolist() == [flat[:16], flat[16:32], flat[32:48]]
+
+
+def test_pack_documents_too_few_tokens_says_how_many():
+    with pytest.raises(ValueError, match=r"7 available, 16 needed"):
+        pack_documents([[1, 2, 3], [4, 5, 6]], block_size=16, eos_id=0)
+
+
+def test_packed_blocks_have_no_padding(bpe):
+    docs = list(generate_documents(seed=2, num_docs=10))
+    lists = [bpe(d, add_special_tokens=False)["input_ids"] for d in docs]
+    blocks = pack_documents(lists, 64, bpe.eos_token_id)
+    assert bpe.pad_token_id not in blocks
+    kept = blocks.size
+    assert kept == (sum(map(len, lists)) + len(lists) - 1) // 64 * 64
+    assert (blocks == bpe.eos_token_id).sum() == _joined(lists, -1)[:kept].count(-1)
+
+
+def test_token_stream_concatenates_with_eos_between(bpe):
+    docs = ["the old stone rests .", "The pass key is 12345.", "remember , the code"]
+    ids = [bpe(d, add_special_tokens=False)["input_ids"] for d in docs]
+    stream = token_stream(docs, bpe)
+    assert stream.tolist() == _joined(ids, bpe.eos_token_id)
+    assert stream[-1] != bpe.eos_token_id
+    for cap in (len(ids[0]), len(ids[0]) + 1, len(ids[0]) + 2, 1):  # caps at and around the first EOS
+        assert token_stream(docs, bpe, max_tokens=cap).tolist() == _joined(ids, bpe.eos_token_id)[:cap]
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def test_bpe_round_trip_single_digits_and_save_load(bpe, tmp_path):
+    text = "The pass key is 90817. Remember it. the quiet house waits — ünïcode 42"
+    ids = bpe(text, add_special_tokens=False)["input_ids"]
+    assert bpe.decode(ids) == text
+    digit_ids = bpe("1234567890", add_special_tokens=False)["input_ids"]
+    assert bpe.convert_ids_to_tokens(digit_ids) == list("1234567890")
+    assert len({bpe.bos_token_id, bpe.eos_token_id, bpe.pad_token_id, bpe.unk_token_id}) == 4
+    bpe.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(text, add_special_tokens=False)["input_ids"] == ids
+    assert (again.eos_token, again.pad_token, again.bos_token) == ("<eos>", "<pad>", "<bos>")
+    pre = build_tokenizer(TokenizerConfig(kind="pretrained", name_or_path=str(tmp_path)))
+    assert pre(text, add_special_tokens=False)["input_ids"] == ids
+    via_model = build_tokenizer(TokenizerConfig(kind="pretrained"), model_name_or_path=str(tmp_path))
+    assert via_model(text, add_special_tokens=False)["input_ids"] == ids
+
+
+def test_tokenizer_config_errors():
+    with pytest.raises(ValueError, match="vocab_size=100"):
+        build_tokenizer(TokenizerConfig(vocab_size=100), ["abc"])
+    with pytest.raises(ValueError, match="name_or_path is null"):
+        build_tokenizer(TokenizerConfig(kind="pretrained"))
+    with pytest.raises(ValueError, match="'wordpiece'"):
+        build_tokenizer(TokenizerConfig(kind="wordpiece"), ["abc"])
+
+
+def test_token_dtype_follows_vocabulary_size():
+    class Fake:
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+    assert token_dtype_for(Fake(65536)) == np.uint16
+    assert token_dtype_for(Fake(65537)) == np.uint32
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _gutenberg(body: str, star_space: str = " ") -> str:
+    return (
+        "\ufeffThe Project Gutenberg eBook of Nothing\r\nLicence words here.\r\n\r\n"
+        f"***{star_space}START OF THIS PROJECT GUTENBERG EBOOK NOTHING ***\r\n\r\n{body}\r\n\r\n"
+        "*** END OF THIS PROJECT GUTENBERG EBOOK NOTHING ***\r\nFull licence follows.\r\n"
+    )
+
+
+def test_local_source_strips_gutenberg_header_and_licence(tmp_path):
+    body = "CHAPTER I.\r\nIt was a dark night.\r\nThe end."
+    (tmp_path / "a.txt").write_text(_gutenberg(body), encoding="utf-8", newline="")
+    (tmp_path / "b.txt").write_text(_gutenberg(body, star_space=""), encoding="utf-8", newline="")
+    (tmp_path / "c.tex").write_text("\\section{X} no markers", encoding="utf-8")
+    (tmp_path / "skip.tsv").write_text("not a document", encoding="utf-8")
+    docs = list(LocalSource(SourceConfig(kind="local", path=str(tmp_path))))
+    assert docs == [body, body, "\\section{X} no markers"]
+    kept = list(LocalSource(SourceConfig(kind="local", path=str(tmp_path / "a.txt"), strip_gutenberg=False)))
+    assert kept[0].startswith("The Project Gutenberg") and "Full licence" in kept[0]
+
+
+def test_local_source_reads_real_books(shared_data):
+    index = (shared_data / "books" / "index.tsv").read_text(encoding="utf-8").splitlines()
+    rows = [dict(zip(index[0].split("\t"), line.split("\t"))) for line in index[1:]]
+    small = sorted(rows, key=lambda r: int(r["bytes"]))[:2]
+    for row in small:
+        cfg = SourceConfig(kind="local", path=str(shared_data / "books" / row["file"]))
+        (doc,) = list(build_source(cfg))
+        lines = (shared_data / "books" / row["file"]).read_text(encoding="utf-8-sig").splitlines()
+        start, end = int(row["start_marker_line"]), int(row["end_marker_line"])  # 1-based marker lines
+        expected = "\n".join(lines[start : end - 1]).strip("\r\n")
+        assert doc.replace("\r\n", "\n") == expected
+        assert "START OF" not in doc[:500] and "END OF THIS" not in doc[-500:]
+    all_docs = list(build_source(SourceConfig(kind="local", path=str(shared_data / "books"), glob="*.txt")))
+    assert len(all_docs) == len(rows)
+
+
+def test_local_source_reads_real_jsonl_and_tex(shared_data):
+    jsonl = shared_data / "mixed" / "redpajama_like_sample.jsonl"
+    lines = [json.loads(x) for x in jsonl.read_text(encoding="utf-8").splitlines() if x.strip()]
+    docs = list(build_source(SourceConfig(kind="local", path=str(jsonl), max_docs=5)))
+    assert docs == [r["text"] for r in lines[:5]]
+    math_cfg = SourceConfig(kind="local", path=str(shared_data / "math"), glob="**/*.tex", max_docs=3)
+    tex = list(build_source(math_cfg))
+    assert len(tex) == 3 and all("\\" in d for d in tex)
+
+
+def test_local_source_errors_name_the_culprit(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        LocalSource(SourceConfig(kind="local", path=str(tmp_path / "nowhere")))
+    empty_dir = tmp_path / "emptydir"
+    empty_dir.mkdir()
+    with pytest.raises(FileNotFoundError, match="emptydir"):
+        list(LocalSource(SourceConfig(kind="local", path=str(empty_dir))))
+    (tmp_path / "blank.txt").write_text("  \n")
+    with pytest.raises(ValueError, match=r"blank\.txt is empty"):
+        list(LocalSource(SourceConfig(kind="local", path=str(tmp_path / "blank.txt"))))
+    (tmp_path / "d.jsonl").write_text('{"text": "a"}\n\n{"body": "b"}\n')
+    with pytest.raises(KeyError, match=r"d\.jsonl:3: missing text field 'text'"):
+        list(LocalSource(SourceConfig(kind="local", path=str(tmp_path / "d.jsonl"))))
+
+
+def test_undecodable_bytes_strict_and_replace(tmp_path):
+    good = "caf\u00e9 ok ".encode()
+    data = good + b"\xff\xfe tail \xc3"
+    bad_offset = len(good)
+    (tmp_path / "bad.txt").write_bytes(data)
+    with pytest.raises(ValueError, match=rf"bad\.txt: not valid UTF-8 at byte offset {bad_offset}"):
+        list(LocalSource(SourceConfig(kind="local", path=str(tmp_path / "bad.txt"))))
+    cfg = SourceConfig(kind="local", path=str(tmp_path / "bad.txt"), errors="replace")
+    with pytest.warns(UserWarning, match=rf"replaced 3 undecodable.*offset {bad_offset}"):
+        (doc,) = list(LocalSource(cfg))
+    assert doc == data.decode("utf-8", errors="replace")
+
+
+def test_hub_source_streams_with_the_configured_arguments(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return iter([{"text": f"doc {i}", "meta": {}} for i in range(10)])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = SourceConfig(kind="hub", hub_name="emozilla/pg19-test", hub_split="test", max_docs=3)
+    assert list(build_source(cfg)) == ["doc 0", "doc 1", "doc 2"]
+    assert calls[-1] == (("emozilla/pg19-test", None), {"split": "test", "streaming": True})
+    files = "hf://datasets/togethercomputer/RedPajama-Data-1T-Sample/*.jsonl"
+    cfg = SourceConfig(kind="hub", hub_name="json", hub_data_files=files, hub_config=None)
+    assert len(list(HubSource(cfg))) == 10
+    assert calls[-1][1] == {"split": "train", "streaming": True, "data_files": files}
+    with pytest.raises(KeyError, match=r"row 0: no text field 'content'"):
+        list(HubSource(SourceConfig(kind="hub", hub_name="x/y", text_field="content")))
+    with pytest.raises(ValueError, match="hub_name"):
+        build_source(SourceConfig(kind="hub"))
+    with pytest.raises(ValueError, match="'ftp'"):
+        build_source(SourceConfig(kind="ftp"))
+
+
+# ---------------------------------------------------------------- prepare + cache
+
+
+def test_prepare_writes_blocks_streams_and_sidecars(tmp_path):
+    cfg = _tiny_cfg()
+    out = prepare_lm_data(cfg, tmp_path, context_length=64)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    docs = generate_documents(seed=0, num_docs=30)
+    train_ids = [tok(d, add_special_tokens=False)["input_ids"] for d in docs]
+    expected = pack_documents(train_ids, 64, tok.eos_token_id)
+    blocks = load_array(tmp_path / "train.npy")
+    assert blocks.dtype == np.uint16 and blocks.shape == expected.shape == (out.num_train_blocks, 64)
+    np.testing.assert_array_equal(blocks, expected)
+    stream = load_array(tmp_path / "eval" / "heldout.npy")
+    np.testing.assert_array_equal(stream, token_stream(generate_documents(seed=9, num_docs=4), tok))
+    for path in (tmp_path / "train.npy", tmp_path / "eval" / "heldout.npy"):
+        meta = json.loads(path.with_name(path.name + ".json").read_text())
+        assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert meta["num_tokens"] == int(np.prod(meta["shape"]))
+        assert re.fullmatch(r"[0-9a-f]{64}", meta["fingerprint"])
+    assert not list(tmp_path.rglob(".*tmp-*"))
+
+
+def test_prepare_reuses_the_cache_and_rebuilds_on_fingerprint_change(tmp_path, monkeypatch):
+    prepare_lm_data(_tiny_cfg(), tmp_path, context_length=64)
+    calls = []
+    real = lm_data.tokenize_documents
+    monkeypatch.setattr(lm_data, "tokenize_documents", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(lm_data, "build_tokenizer", lambda *a, **k: pytest.fail("tokenizer retrained"))
+    again = prepare_lm_data(_tiny_cfg(), tmp_path, context_length=64)
+    assert calls == [] and all(again.reused.values())
+    changed = prepare_lm_data(_tiny_cfg(max_train_tokens=3000), tmp_path, context_length=64)
+    assert len(calls) == 1
+    assert changed.reused == {"tokenizer": True, "train": False, "eval/heldout": True}
+    assert changed.num_train_blocks == 3000 // 64
+    longer = prepare_lm_data(_tiny_cfg(max_train_tokens=3000), tmp_path, context_length=128)
+    assert len(calls) == 2 and load_array(longer.train_path).shape == (3000 // 128, 128)
+
+
+def test_changed_local_file_rebuilds_its_stream(tmp_path):
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "a.txt").write_text(_gutenberg("the old stone rests . " * 40), encoding="utf-8")
+    cfg = _tiny_cfg(eval_sets={"books": SourceConfig(kind="local", path=str(books))})
+    first = prepare_lm_data(cfg, tmp_path / "out", context_length=64)
+    assert prepare_lm_data(cfg, tmp_path / "out", context_length=64).reused["eval/books"]
+    (books / "a.txt").write_text(_gutenberg("the red boat waits . " * 50), encoding="utf-8")
+    second = prepare_lm_data(cfg, tmp_path / "out", context_length=64)
+    assert not second.reused["eval/books"] and second.reused["train"]
+    assert second.eval_tokens["books"] != first.eval_tokens["books"]
+
+
+def test_corrupt_byte_is_detected_with_the_file_named(tmp_path):
+    prepare_lm_data(_tiny_cfg(), tmp_path, context_length=64)
+    path = tmp_path / "train.npy"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"corrupt cache .*train\.npy.*delete it and rerun"):
+        load_array(path)
+    with pytest.raises(ValueError, match=r"corrupt cache .*train\.npy"):
+        prepare_lm_data(_tiny_cfg(), tmp_path, context_length=64)
+    tok_file = tmp_path / "tokenizer" / "tokenizer.json"
+    tok_file.write_text(tok_file.read_text().replace("<unk>", "<unq>", 1))
+    with pytest.raises(ValueError, match=r"corrupt cache .*tokenizer\.json"):
+        prepare_lm_data(_tiny_cfg(), tmp_path, context_length=64)
+
+
+def test_interrupted_write_leaves_no_half_file(tmp_path, monkeypatch):
+    path = tmp_path / "a.npy"
+    write_array(path, np.arange(10, dtype=np.uint16), "fp1", {})
+    before = path.read_bytes()
+
+    def broken_save(f, array, allow_pickle=False):
+        f.write(b"\x93NUMPY partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lm_data.np, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        write_array(path, np.arange(20, dtype=np.uint16), "fp2", {})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]  # stale sidecar removed, no tmp file
+    assert lm_data._cached(path, "fp1") is None  # without a sidecar the array is rebuilt, not trusted
+
+
+def test_prepare_too_few_tokens(tmp_path):
+    cfg = _tiny_cfg(train=SourceConfig(kind="synthetic", num_docs=1, passkey_fraction=0.0))
+    tok_docs = list(generate_documents(seed=0, num_docs=1, passkey_fraction=0.0))
+    msg = r"training source \(kind='synthetic'\): too few tokens: \d+ available, 4096 needed"
+    with pytest.raises(ValueError, match=msg):
+        prepare_lm_data(cfg, tmp_path, context_length=4096)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    n = len(tok(tok_docs[0], add_special_tokens=False)["input_ids"])
+    with pytest.raises(ValueError, match=rf"{n} available, 4096 needed"):
+        prepare_lm_data(cfg, tmp_path, context_length=4096)
+    cfg = _tiny_cfg(max_eval_tokens=40)
+    with pytest.raises(ValueError, match=r"eval set 'heldout' .*: 40 available, 65 needed"):
+        prepare_lm_data(cfg, tmp_path, context_length=64)
+
+
+def test_packed_blocks_dataset(tmp_path):
+    prepare_lm_data(_tiny_cfg(), tmp_path, context_length=64)
+    ds = PackedBlocks(tmp_path / "train.npy")
+    raw = np.load(tmp_path / "train.npy")
+    assert len(ds) == raw.shape[0]
+    item = ds[len(ds) - 1]
+    assert item["input_ids"].dtype == torch.long and item["input_ids"].shape == (64,)
+    assert item["input_ids"].tolist() == raw[-1].tolist()
+    assert torch.equal(item["labels"], item["input_ids"])
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
+    assert batch["input_ids"].shape == (3, 64)
+    assert batch["input_ids"].tolist() == raw[:3].tolist()
+
+
+# ---------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("name", ["synthetic", "local", "redpajama"])
+def test_yaml_configs_validate_against_the_schema(name):
+    path = REPO_ROOT / "conf" / "data" / f"{name}.yaml"
+    assert path.read_text().splitlines()[0] == "# @package longlora.data"
+    cfg = lm_data_config_from_dict(OmegaConf.load(path))
+    assert isinstance(cfg.train, SourceConfig) and cfg.eval_sets
+    assert all(isinstance(s, SourceConfig) for s in cfg.eval_sets.values())
+    if name == "local" and SHARED.is_dir():
+        for src in [cfg.train, *cfg.eval_sets.values()]:
+            assert (REPO_ROOT / src.path).exists(), src.path
+
+
+def test_data_group_composes_under_longlora_data(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    (tmp_path / "data").symlink_to(REPO_ROOT / "conf" / "data")
+    (tmp_path / "root.yaml").write_text("defaults:\n  - data: synthetic\n  - _self_\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
+        composed = compose("root", overrides=["data=local", "longlora.data.max_eval_tokens=99"])
+    cfg = lm_data_config_from_dict(composed.longlora.data)
+    assert cfg.eval_sets["pg19"].glob == "*.txt" and cfg.max_eval_tokens == 99
+
+
+def test_config_typo_is_named():
+    with pytest.raises(Exception, match="knd"):
+        lm_data_config_from_dict({"train": {"knd": "local"}})

