@@ -197,3 +197,28 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
 def find_offline_runs(wandb_dir: str | Path) -> list[Path]:
     """All offline run folders under a ``wandb/`` directory, oldest first."""
     return sorted(Path(wandb_dir).glob("offline-run-*"))
+
+
+def record_run(run, path: str | Path) -> dict[str, Any]:
+    """Save where a W&B run lives (project, group, name, id, URL or offline folder) for report links."""
+    info = {
+        "project": run.project,
+        "group": run.group,
+        "name": run.name,
+        "id": run.id,
+        "url": run.url if not run.offline else None,
+        "offline_dir": str(Path(run.dir).parent) if run.offline else None,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info
+
+
+def run_link(info: Mapping[str, Any] | None) -> str:
+    """Markdown link to a recorded run: its URL online, else the offline folder to ``wandb sync``."""
+    if not info:
+        return "—"
+    if info.get("url"):
+        return f"[{info['name']}]({info['url']})"
+    return f"`{info['name']}` (offline `{info.get('id')}`; upload with `wandb sync`)"

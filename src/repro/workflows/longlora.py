@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import to_dataclass
-from repro.tracking import init_run, make_run_name, write_csv, write_metrics
+from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
 
 log = logging.getLogger(__name__)
 PAPER = "longlora"
@@ -228,6 +228,7 @@ def train(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
             "train/resumed": bool(resumed),
         }
         run.summary.update(metrics)
+        record_run(run, paths.metrics / "runs" / "train.json")
         log.info("trainable parameters: %d of %d (%s)", n_trainable, n_total,
                  ", ".join(sorted({n.split(".")[-2] for n in trainable_parameter_names(model)})))
     finally:
@@ -297,6 +298,7 @@ def evaluate(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
         for row in ppl_rows:
             run.log({f"eval/{row['model']}/{row['eval_set']}/ppl": row["ppl"], "eval/length": row["length"]})
         run.summary.update(metrics)
+        record_run(run, paths.metrics / "runs" / "evaluate.json")
     finally:
         run.finish()
     write_metrics(paths.metrics / "eval.json", metrics)

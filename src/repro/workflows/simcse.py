@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import ConfigError, to_dataclass
-from repro.tracking import init_run, make_run_name, write_csv, write_metrics
+from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
 
 log = logging.getLogger(__name__)
 PAPER = "simcse"
@@ -33,13 +33,12 @@ class SimCSEEvalConfig:
     Attributes:
         batch_size: sentences per encoder call (length-sorted, each unique sentence once).
         align_uniform: also report alignment/uniformity on STS-B (Wang & Isola; SimCSE §5).
-        reference_row: the SimCSE Table 5 row (model name) printed beside each run, per objective.
+        reference_model: the SimCSE Table 5 row printed beside each run (with the run's setting).
     """
 
     batch_size: int = 128
     align_uniform: bool = True
-    reference_unsup: str = "Unsup-SimCSE-BERTbase"
-    reference_sup: str = "Sup-SimCSE-BERTbase"
+    reference_model: str = "simcse-bert-base"
 
 
 SIMCSE_SECTIONS: dict[str, str] = {
@@ -177,6 +176,7 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
             "train/wall_s": round(time.perf_counter() - start, 2),
         }
         wandb_run.summary.update(metrics)
+        record_run(wandb_run, paths.metrics / "runs" / f"train_{run}.json")
     finally:
         wandb_run.finish()
     paths.model.mkdir(parents=True, exist_ok=True)
@@ -231,6 +231,7 @@ def evaluate(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     wandb_run = init_run(cfg, PAPER, "evaluate", make_run_name(PAPER, "evaluate", cfg.run.profile, tags), ctx.group)
     try:
         wandb_run.summary.update({**metrics, "note": result.note})
+        record_run(wandb_run, paths.metrics / "runs" / f"evaluate_{run}.json")
     finally:
         wandb_run.finish()
     write_metrics(paths.metrics / f"eval_{run}.json", metrics)

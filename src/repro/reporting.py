@@ -1,0 +1,109 @@
+"""Markdown pages and PNG figures that put our numbers beside the papers'.
+
+Everything here is read from the metrics/plots files the stages wrote and from the papers' reference
+file (:mod:`repro.evaluation.references`); no number is typed in. A value that is missing (a stage
+that did not run or failed) is printed as "missing", never dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+MISSING = "missing"
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A metrics file, or None when it does not exist."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a plots CSV ([] when absent)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """A number for a table; None/NaN print as 'missing'."""
+    if value is None or value == "":
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and math.isnan(value):
+            return MISSING
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    return str(value)
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 2) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(c, digits) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(held: bool | None) -> str:
+    """'held' / 'not held' / 'missing' for a claim check."""
+    return MISSING if held is None else ("held" if held else "not held")
+
+
+def hardware() -> str:
+    """One line describing where the numbers were produced."""
+    import torch
+
+    if torch.cuda.is_available():
+        dev = f"{torch.cuda.device_count()}× {torch.cuda.get_device_name(0)}"
+    else:
+        dev = "CPU only"
+    return f"{platform.machine()} {os.cpu_count()} cores, {dev}; torch {torch.__version__}"
+
+
+def save_figure(fig, path: Path) -> str:
+    """Save a matplotlib figure as PNG; return the path relative to the report folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return f"figures/{path.name}"
+
+
+def line_figure(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str,
+                title: str, logx: bool = False):
+    """A simple multi-line plot; ``series`` maps a label to (x, y)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, (x, y) in series.items():
+        ax.plot(x, y, marker="o", label=label)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def write_page(path: Path, text: str) -> Path:
+    """Write a report page atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text.rstrip() + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,1 @@
+"""Report pages, one module per paper (see pipeline/report.py)."""

@@ -1,0 +1,74 @@
+"""reports/simcse.md: the 7-task STS table per run beside SimCSE Table 5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from repro.evaluation.references import lookup
+from repro.reporting import MISSING, fmt, hardware, line_figure, md_table, read_csv, read_json, save_figure, verdict
+from repro.tracking import run_link
+from repro.workflows.simcse import run_train_config
+
+COLUMNS = ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr", "avg"]
+
+
+def _ours(metrics: dict[str, Any], agg: str) -> list[Any]:
+    out = []
+    for col in COLUMNS:
+        if col == "avg":
+            out.append(metrics.get("sts/avg") if agg == "all" else None)
+        elif col in ("stsb", "sickr"):
+            out.append(metrics.get(f"sts/{col}/test"))
+        else:
+            out.append(metrics.get(f"sts/{col}/{agg}"))
+    return out
+
+
+def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
+    """The SimCSE page as Markdown (figures saved under ``out_dir/figures``)."""
+    sc = cfg.simcse
+    metrics_dir, plots_dir = root / cfg.run.metrics_dir / "simcse", root / cfg.run.plots_dir / "simcse"
+    lines = ["# SimCSE reproduction", "",
+             f"Profile **{cfg.run.profile}** on {hardware()}. Encoder `{sc.encoder.source}`"
+             f" `{sc.encoder.name_or_path or sc.encoder.package}`, pooler `{sc.encoder.pooler}`, data `{sc.data.source}`.",
+             "", "Spearman ×100 of cosine similarity. STS12–16 in the 'all' setting (subsets concatenated, the paper's"
+             " Table 5 setting); 'mean' and 'wmean' (SimCSE Appendix B) shown separately because the protocol moves the"
+             " numbers."]
+    avgs: dict[str, float | None] = {}
+    figures = []
+    for run in sc.runs:
+        train_cfg = run_train_config(cfg, run)
+        ev = read_json(metrics_dir / f"eval_{run}.json") or {}
+        tr = read_json(metrics_dir / f"train_{run}.json") or {}
+        try:
+            ref = lookup("simcse", "table5_sts_main", setting=train_cfg.mode, model=sc.eval.reference_model)
+            ref_vals, ref_label = ref["values"], f"paper Table 5: {train_cfg.mode}-{ref['label']}"
+        except LookupError:
+            ref_vals, ref_label = [None] * len(COLUMNS), f"paper Table 5 ({sc.eval.reference_model}): {MISSING}"
+        ours = _ours(ev, "all")
+        delta = [o - r if o is not None and r is not None else None for o, r in zip(ours, ref_vals)]
+        avgs[train_cfg.mode] = ev.get("sts/avg")
+        lines += ["", f"## Run `{run}` ({train_cfg.mode}, τ={train_cfg.temperature}, batch {train_cfg.batch_size},"
+                  f" {tr.get('train/steps', MISSING)} steps)", "",
+                  md_table(["", *COLUMNS], [[f"ours ({cfg.run.profile}), all", *ours],
+                                             ["ours, mean", *_ours(ev, "mean")], ["ours, wmean", *_ours(ev, "wmean")],
+                                             [ref_label, *ref_vals], ["delta (ours all − paper)", *delta]]),
+                  "", f"Best STS-B dev during training: {fmt(tr.get('train/best_stsb_dev'))}; alignment"
+                  f" {fmt(ev.get('stsb_test/align'), 3)}, uniformity {fmt(ev.get('stsb_test/uniform'), 3)} (STS-B test,"
+                  f" pairs with gold > 4). W&B: {run_link(read_json(metrics_dir / 'runs' / f'train_{run}.json'))}."]
+        curve = [r for r in read_csv(plots_dir / f"train_{run}.csv") if r.get("stsb_dev_spearman")]
+        if curve:
+            fig = line_figure({run: ([int(r["step"]) for r in curve], [float(r["stsb_dev_spearman"]) for r in curve])},
+                              "step", "STS-B dev Spearman", f"SimCSE {run}: dev curve")
+            figures.append(save_figure(fig, out_dir / "figures" / f"simcse_dev_{run}.png"))
+    sup, unsup = avgs.get("sup"), avgs.get("unsup")
+    held = sup > unsup if sup is not None and unsup is not None else None
+    lines += ["", "## Claims checked at this scale", "",
+              md_table(["claim (paper)", "our evidence", "verdict"],
+                       [["Supervised SimCSE beats unsupervised on the STS average (Table 5)",
+                         f"sup {fmt(sup)} vs unsup {fmt(unsup)}", verdict(held)]])]
+    lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines)
