@@ -166,13 +166,18 @@ class ResumableBlockSampler(Sampler[int]):
     Args:
         num_blocks: Dataset length.
         seed: Data-order seed.
-        start: Index into the infinite stream to start from (``global_step * batch_size * grad_accum`` on resume).
+        start: Index into the infinite stream to start from (blocks consumed by all ranks so far on resume).
+        rank: This process's rank; with ``world_size`` ranks, rank r takes stream positions start+r, start+r+W, ...
+        world_size: Number of data-parallel ranks.
     """
 
-    def __init__(self, num_blocks: int, seed: int, start: int = 0):
+    def __init__(self, num_blocks: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1):
         if num_blocks <= 0:
             raise ValueError("ResumableBlockSampler: the dataset is empty")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"ResumableBlockSampler: rank {rank} outside world_size {world_size}")
         self.num_blocks, self.seed, self.start = num_blocks, seed, start
+        self.rank, self.world_size = rank, world_size
 
     def permutation(self, epoch: int) -> np.ndarray:
         """The block order of one epoch."""
@@ -183,8 +188,9 @@ class ResumableBlockSampler(Sampler[int]):
         while True:
             epoch, offset = divmod(position, self.num_blocks)
             order = self.permutation(epoch)
-            for index in order[offset:]:
-                yield int(index)
+            for i, index in enumerate(order[offset:], start=position):
+                if (i - self.start) % self.world_size == self.rank:
+                    yield int(index)
             position = (epoch + 1) * self.num_blocks
 
 
@@ -217,12 +223,15 @@ class PackedBlocksDataModule(L.LightningDataModule):
     def samples_consumed(self) -> int:
         """Blocks already used by completed optimizer steps (0 without a trainer)."""
         trainer = getattr(self, "trainer", None)
-        step = trainer.global_step if trainer is not None else 0
-        return step * self.train_cfg.batch_size * self.train_cfg.grad_accum
+        step, world = (trainer.global_step, trainer.world_size) if trainer is not None else (0, 1)
+        return step * self.train_cfg.batch_size * self.train_cfg.grad_accum * world
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        sampler = ResumableBlockSampler(len(self.dataset), self.train_cfg.seed, start=self.samples_consumed())
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = ResumableBlockSampler(len(self.dataset), self.train_cfg.seed, start=self.samples_consumed(),
+                                        rank=rank, world_size=world)
         return DataLoader(
             self.dataset,
             batch_size=self.train_cfg.batch_size,
@@ -244,6 +253,7 @@ def build_trainer(
     loggers: list[Any] | bool = False,
     callbacks: list[Any] | None = None,
     accelerator: str = "auto",
+    devices: int = 1,
 ) -> L.Trainer:
     """A Trainer for ``train_cfg`` that checkpoints every ``ckpt_every_n_steps`` and always refreshes ``last.ckpt``.
 
@@ -256,7 +266,7 @@ def build_trainer(
         dirpath=str(ckpt_dir),
         every_n_train_steps=train_cfg.ckpt_every_n_steps,
         save_last=True,
-        save_top_k=-1,
+        save_top_k=1,  # the newest periodic checkpoint (plus last.ckpt); a 7B full fine-tune is large
         filename="step{step:06d}",
         auto_insert_metric_name=False,
     )
@@ -269,7 +279,7 @@ def build_trainer(
         callbacks=[checkpoint, *(callbacks or [])],
         logger=loggers,
         accelerator=accelerator,
-        devices=1,
+        devices=devices,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,

@@ -211,7 +211,7 @@ def train(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
         module = CausalLMModule(model, train_cfg, config_dicts)
         datamodule = PackedBlocksDataModule(train_cfg, path=paths.data / "train.npy", loader=PackedBlocks)
         trainer = build_trainer(train_cfg, paths.ckpt, loggers=[WandbLogger(experiment=run)], callbacks=[recorder],
-                                accelerator=cfg.run.accelerator)
+                                accelerator=cfg.run.accelerator, devices=cfg.run.devices)
         resumed = fit_resumable(trainer, module, datamodule, paths.ckpt)
         rows = recorder.rows
         tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]

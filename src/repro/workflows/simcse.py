@@ -158,7 +158,7 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     try:
         callbacks = build_callbacks(paths.ckpt)
         trainer = L.Trainer(**build_trainer_kwargs(train_cfg), callbacks=[*callbacks, recorder],
-                            logger=WandbLogger(experiment=wandb_run), accelerator=cfg.run.accelerator, devices=1,
+                            logger=WandbLogger(experiment=wandb_run), accelerator=cfg.run.accelerator, devices=cfg.run.devices,
                             enable_progress_bar=False, enable_model_summary=False)
         resume = paths.ckpt / "last.ckpt"
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.is_file() else None)

@@ -1,0 +1,106 @@
+"""The real `dvc repro` on the tiny profile (shrunk step counts) in a temporary copy of the repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from repro.tracking import find_offline_runs, read_offline_run
+
+pytestmark = pytest.mark.slow
+
+# Fewer steps and smaller data than the default tiny profile; same code and stages.
+SHRINK = [
+    "longlora.base.pretrain_steps=20", "longlora.train.max_steps=12", "longlora.train.ckpt_every_n_steps=6",
+    "longlora.eval.max_windows=4", "longlora.eval.passkey_trials=2", "data.train.num_docs=300",
+    "simcse.train.max_steps=12", "simcse.train.eval_every_n_steps=6", "sentence_data.n_sentences=300",
+    "sentence_data.n_triplets=200", "sentence_data.n_sts_pairs=60",
+]
+
+
+def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def repro_copy(tmp_path_factory, repo_root):
+    dest = tmp_path_factory.mktemp("repo") / "main"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo_root,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        src = repo_root / rel
+        if src.is_file() and not rel.startswith(("data/", "models/", "metrics/", "plots/", "reports/", "dvc.lock")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    _run([sys.executable, "-m", "repro.compose", *SHRINK, "-o", str(dest / "params.yaml")], dest, env)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "copy"]):
+        _run(cmd, dest, env)
+    first = _run([sys.executable, "-m", "dvc", "repro"], dest, env)
+    return dest, env, first
+
+
+def test_repro_produces_metrics_plots_and_reports(repro_copy):
+    dest, _, first = repro_copy
+    assert "Running stage 'report'" in first.stdout
+    ev = json.loads((dest / "metrics/longlora/eval.json").read_text())
+    for model in ("base_pi", "finetuned"):
+        assert any(k.startswith(f"{model}/") and "/ppl@512" in k for k in ev)
+        assert f"{model}/passkey@512" in ev
+    train = json.loads((dest / "metrics/longlora/train.json").read_text())
+    assert train["train/steps"] == 12 and train["train/pi_factor"] == 4
+    for run in ("unsup", "sup"):
+        sts = json.loads((dest / f"metrics/simcse/eval_{run}.json").read_text())
+        assert {"sts/sts12/all", "sts/stsb/test", "sts/sickr/test", "sts/avg"} <= set(sts)
+    for plot in ("longlora/ppl_vs_length.csv", "longlora/passkey.csv", "longlora/train_loss.csv"):
+        assert (dest / "plots" / plot).stat().st_size > 0
+    page = (dest / "reports/longlora.md").read_text()
+    assert "Passkey retrieval" in page and "Claims checked" in page
+    figures = list((dest / "reports/figures").glob("*.png"))
+    assert figures and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+
+
+def test_second_repro_reruns_nothing(repro_copy):
+    dest, env, _ = repro_copy
+    again = _run([sys.executable, "-m", "dvc", "repro"], dest, env)
+    assert "Running stage" not in again.stdout, again.stdout
+
+
+def test_wandb_offline_runs_hold_what_was_logged(repro_copy):
+    dest, _, _ = repro_copy
+    runs = [read_offline_run(d) for d in find_offline_runs(dest / "wandb")]
+    by_kind = {(r["run"]["project"], r["run"]["job_type"]) for r in runs}
+    assert {("repro-longlora", "base"), ("repro-longlora", "train"), ("repro-longlora", "evaluate"),
+            ("repro-simcse", "train"), ("repro-simcse", "evaluate")} <= by_kind
+    train = next(r for r in runs if r["run"]["project"] == "repro-longlora" and r["run"]["job_type"] == "train")
+    assert train["config"]["longlora"]["train"]["max_steps"] == 12
+    losses = [h["train/loss"] for h in train["history"] if "train/loss" in h]
+    assert len(losses) >= 6
+    final = json.loads((dest / "metrics/longlora/train.json").read_text())
+    assert train["summary"]["train/steps"] == final["train/steps"]
+    assert any("train/tokens_per_s" in h for h in train["history"])
+    assert any("train/peak_mem_mb" in h for h in train["history"])
+
+
+def test_changing_one_param_reruns_only_its_stages(repro_copy):
+    dest, env, _ = repro_copy
+    params = dest / "params.yaml"
+    text = params.read_text()
+    marker = "  sup:\n    mode: sup\n"
+    assert marker in text
+    params.write_text(text.replace(marker, marker + "    temperature: 0.1\n"))
+    status = _run([sys.executable, "-m", "dvc", "status", "--json"], dest, env)
+    changed = set(json.loads(status.stdout))
+    assert "simcse_train@sup" in changed
+    assert not {s for s in changed if s.startswith("longlora")}
+    assert "simcse_train@unsup" not in changed
