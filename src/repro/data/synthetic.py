@@ -4,13 +4,21 @@ This corpus is a stand-in for RedPajama (LongLoRA §4.1, training data) at a sca
 Llama can be trained on a CPU in minutes. It is not natural language and says nothing about real-text
 perplexity; its only purpose is that *context length matters measurably*:
 
-* **Fact documents.** A few facts are stated at the start ("the code of ravens is 47139 ."), then come
+* **Fact documents.** A few facts are stated at the start ("the code of ravens47 ."), then come
   low-entropy filler sentences drawn from a tiny grammar, and every fact is recalled exactly once
-  ("remember , the code of ravens is 47139 .") at a uniformly random sentence position. The digits of a
-  recall are unpredictable (ln 10 nats each) unless the statement lies inside the model's attention
-  window, so with the default sizes (~450 tokens per document under a 512-token BPE) the recall
-  distances span from a few tokens to well beyond an original context of 128: a model trained or
-  extended to 512 tokens genuinely gets lower perplexity than one limited to 128.
+  ("remember , the code of ravens47 .") at a uniformly random sentence position. The digits of a
+  recall are unpredictable (about ln 10 nats each) unless the statement lies inside the model's
+  attention window. Each document draws its filler length uniformly from ``0..filler_sentences``, so
+  recall distances span from a few tokens (short, copy-dense documents that teach copying within an
+  original context of 128) to well beyond it (long documents, up to ~450 tokens with the tiny profile's
+  sizes): a model trained or extended to 512 tokens genuinely gets lower perplexity than one limited
+  to 128.
+* **Copyable by an induction head.** A 2-layer model copies with an induction head: "find the earlier
+  occurrence of the current token and predict the token that followed it". The format keeps that
+  single-token cue unambiguous: the subject is glued to its code (the pre-tokenizer splits digits off,
+  so the subject token directly precedes the first digit, with no shared separator in between), and
+  the code digits of a document are dealt from shuffled decks of the ten digits, so with at most ten
+  code digits per document every digit occurs in one statement only and has a single successor.
 * **Passkey documents.** The prompt of :mod:`repro.data.passkey_format` (task description, filler, the
   information line at a random filler position, the question) followed by the key, so the answer
   completes the question exactly as the passkey evaluation asks it (LongLoRA §4.2; Mohtashami & Jaggi,
@@ -38,13 +46,13 @@ FILLER_VERBS = ("stands", "waits", "rests", "sleeps")
 
 
 def fact_statement(subject: str, code: str) -> str:
-    """The sentence that states a fact at the start of a fact document."""
-    return f"the code of {subject} is {code} ."
+    """The sentence that states a fact at the start of a fact document (subject glued to its code)."""
+    return f"the code of {subject}{code} ."
 
 
 def fact_recall(subject: str, code: str) -> str:
     """The sentence that recalls a fact later in the document; its digits need the statement."""
-    return f"remember , the code of {subject} is {code} ."
+    return f"remember , the code of {subject}{code} ."
 
 
 def _filler_sentence(rng: random.Random) -> str:
@@ -55,8 +63,12 @@ def _filler_sentence(rng: random.Random) -> str:
     return f"the {adj} {noun} {verb} ."
 
 
-def _random_code(rng: random.Random, digits: int) -> str:
-    return "".join(str(rng.randrange(10)) for _ in range(digits))
+def _dealt_codes(rng: random.Random, count: int, digits: int) -> list[str]:
+    """``count`` codes of ``digits`` digits dealt from shuffled decks of "0".."9" (no repeat within a deck)."""
+    dealt: list[str] = []
+    while len(dealt) < count * digits:
+        dealt.extend(rng.sample("0123456789", 10))
+    return ["".join(dealt[i * digits : (i + 1) * digits]) for i in range(count)]
 
 
 def fact_document(
@@ -67,14 +79,16 @@ def fact_document(
     Args:
         rng: the random source (consumed).
         num_facts: how many distinct facts the document states (at most ``len(FACT_SUBJECTS)``).
-        code_digits: digits per code.
-        filler_sentences: filler sentences between and around the recalls.
+        code_digits: digits per code; ``num_facts * code_digits <= 10`` keeps every digit unique.
+        filler_sentences: most filler sentences between and around the recalls; the document's count
+            is drawn uniformly from ``0..filler_sentences``.
     """
     subjects = rng.sample(FACT_SUBJECTS, num_facts)
-    codes = [_random_code(rng, code_digits) for _ in subjects]
-    body = [_filler_sentence(rng) for _ in range(filler_sentences)]
+    codes = _dealt_codes(rng, num_facts, code_digits)
+    n_filler = rng.randint(0, filler_sentences)
+    body = [_filler_sentence(rng) for _ in range(n_filler)]
     # Insert recalls from the back so earlier insertion indices stay valid.
-    slots = sorted(((rng.randint(0, filler_sentences), i) for i in range(num_facts)), reverse=True)
+    slots = sorted(((rng.randint(0, n_filler), i) for i in range(num_facts)), reverse=True)
     for slot, i in slots:
         body.insert(slot, fact_recall(subjects[i], codes[i]))
     head = [fact_statement(s, c) for s, c in zip(subjects, codes)]
@@ -93,9 +107,9 @@ def generate_documents(
     seed: int,
     num_docs: int,
     passkey_fraction: float = 0.25,
-    num_facts: int = 6,
-    code_digits: int = 5,
-    filler_sentences: int = 60,
+    num_facts: int = 5,
+    code_digits: int = 2,
+    filler_sentences: int = 70,
     passkey_max_filler: int = 18,
 ) -> Iterator[str]:
     """Yield ``num_docs`` synthetic documents, fully determined by the arguments.
@@ -106,7 +120,7 @@ def generate_documents(
         passkey_fraction: probability that a document is a passkey document (else a fact document).
         num_facts: facts per fact document.
         code_digits: digits per fact code.
-        filler_sentences: filler sentences per fact document (sets its length, ~6 tokens each).
+        filler_sentences: most filler sentences per fact document (~6 tokens each; drawn per document).
         passkey_max_filler: most filler repetitions in a passkey document (~25 tokens each).
 
     Raises:
