@@ -59,6 +59,13 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def _set_threads(cfg: DictConfig) -> None:
+    if cfg.run.num_threads > 0:
+        import torch
+
+        torch.set_num_threads(int(cfg.run.num_threads))
+
+
 def _experiment_group(cfg: DictConfig) -> str:
     return str(cfg.wandb.group or cfg.run.experiment or "default")
 
@@ -81,6 +88,7 @@ def run_stage(task: Callable[[DictConfig, StageContext], None]) -> None:
             raise SystemExit(f"params file not found: {params}")
         cfg = validate(OmegaConf.load(params))
         options = tuple((k[2:], v) for k, v in zip(rest[::2], rest[1::2]))
+        _set_threads(cfg)
         ctx = StageContext(Path.cwd(), Path.cwd() / cfg.run.cache_dir, _experiment_group(cfg), False, options)
         task(cfg, ctx)
         return
@@ -91,6 +99,7 @@ def run_stage(task: Callable[[DictConfig, StageContext], None]) -> None:
     @hydra.main(config_path=str(REPO_ROOT / "conf"), config_name="config", version_base="1.3")
     def _main(raw: DictConfig) -> None:
         cfg = validate(raw)
+        _set_threads(cfg)
         hc = HydraConfig.get()
         multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
         group = _experiment_group(cfg)

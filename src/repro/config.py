@@ -33,6 +33,7 @@ class RunConfig:
     cache_dir: str = ".cache/repro"
     accelerator: str = "auto"
     devices: int = 1
+    num_threads: int = 0
 
 
 @dataclass

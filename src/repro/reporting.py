@@ -107,3 +107,37 @@ def write_page(path: Path, text: str) -> Path:
     tmp.write_text(text.rstrip() + "\n")
     os.replace(tmp, path)
     return path
+
+
+def md_cell(text: Any) -> str:
+    """Text made safe for one Markdown table cell (pipes escaped, line breaks flattened)."""
+    return " ".join(str(text).replace("|", "\\|").split())
+
+
+def trajectory_figure(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str,
+                      title: str):
+    """Paths through a 2-D plane, one per label, with arrows giving the direction of travel.
+
+    The first point of each path is drawn as a square and every segment carries an arrow head, as in
+    the alignment-uniformity trajectories of SimCSE Figure 2.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    for label, (x, y) in series.items():
+        (line,) = ax.plot(x, y, marker="o", markersize=3, label=label)
+        if len(x):
+            ax.plot(x[:1], y[:1], marker="s", color=line.get_color())
+        for i in range(len(x) - 1):
+            ax.annotate("", xy=(x[i + 1], y[i + 1]), xytext=(x[i], y[i]),
+                        arrowprops={"arrowstyle": "->", "color": line.get_color(), "lw": 1.2})
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    return fig

@@ -8,11 +8,11 @@ perplexity; its only purpose is that *context length matters measurably*:
   low-entropy filler sentences drawn from a tiny grammar, and every fact is recalled exactly once
   ("remember , the code of ravens47 .") at a uniformly random sentence position. The digits of a
   recall are unpredictable (about ln 10 nats each) unless the statement lies inside the model's
-  attention window. Each document draws its filler length uniformly from ``0..filler_sentences``, so
-  recall distances span from a few tokens (short, copy-dense documents that teach copying within an
-  original context of 128) to well beyond it (long documents, up to ~450 tokens with the tiny profile's
-  sizes): a model trained or extended to 512 tokens genuinely gets lower perplexity than one limited
-  to 128.
+  attention window. Half of the fact documents have no filler (copy-dense: they teach copying within
+  an original context of 128); the other half draw their filler length uniformly from
+  ``0..filler_sentences``, so recall distances span from a few tokens to well beyond 128 (up to ~450
+  tokens with the tiny profile's sizes): a model trained or extended to 512 tokens genuinely gets
+  lower perplexity than one limited to 128.
 * **Copyable by an induction head.** A 2-layer model copies with an induction head: "find the earlier
   occurrence of the current token and predict the token that followed it". The format keeps that
   single-token cue unambiguous: the subject is glued to its code (the pre-tokenizer splits digits off,
@@ -43,6 +43,9 @@ FACT_SUBJECTS = (
 FILLER_ADJECTIVES = ("old", "small", "quiet", "red")
 FILLER_NOUNS = ("stone", "river", "tree", "house", "road", "hill", "field", "boat")
 FILLER_VERBS = ("stands", "waits", "rests", "sleeps")
+# Share of fact documents with filler; the others recall their facts right after stating them, which
+# keeps copy events dense enough for a tiny model to learn copying within a few hundred steps.
+LONG_FACT_FRACTION = 0.5
 
 
 def fact_statement(subject: str, code: str) -> str:
@@ -80,12 +83,14 @@ def fact_document(
         rng: the random source (consumed).
         num_facts: how many distinct facts the document states (at most ``len(FACT_SUBJECTS)``).
         code_digits: digits per code; ``num_facts * code_digits <= 10`` keeps every digit unique.
-        filler_sentences: most filler sentences between and around the recalls; the document's count
-            is drawn uniformly from ``0..filler_sentences``.
+        filler_sentences: most filler sentences between and around the recalls. With probability
+            ``LONG_FACT_FRACTION`` the document's count is drawn uniformly from ``0..filler_sentences``;
+            otherwise it has none (a copy-dense document).
     """
     subjects = rng.sample(FACT_SUBJECTS, num_facts)
     codes = _dealt_codes(rng, num_facts, code_digits)
-    n_filler = rng.randint(0, filler_sentences)
+    # Half of the documents are copy-dense (recalls right after the statements), half long.
+    n_filler = rng.randint(0, filler_sentences) if rng.random() < LONG_FACT_FRACTION else 0
     body = [_filler_sentence(rng) for _ in range(n_filler)]
     # Insert recalls from the back so earlier insertion indices stay valid.
     slots = sorted(((rng.randint(0, n_filler), i) for i in range(num_facts)), reverse=True)

@@ -33,3 +33,41 @@ class HistoryRecorder(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows = list(state.get("rows", []))
+
+
+class PeriodicPerplexity(Callback):
+    """Full-attention perplexity at one length every ``every`` optimizer steps (LongLoRA Figure 5).
+
+    The model is switched to full attention for the evaluation and back to its training pattern
+    afterwards; rows ``{"step", "ppl"}`` are appended to ``rows`` and saved in checkpoints.
+
+    Args:
+        every: evaluation period in optimizer steps.
+        evaluator: a :class:`repro.evaluation.perplexity.PerplexityEvaluator`.
+        tokens: the evaluation token stream.
+        length: evaluation length (the training context).
+        rows: the list to append to.
+    """
+
+    def __init__(self, every: int, evaluator, tokens, length: int, rows: list[dict[str, float]]):
+        self.every, self.evaluator, self.tokens, self.length, self.rows = every, evaluator, tokens, length, rows
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from repro.models.attention.registry import apply_attention, use_full_attention
+
+        step = trainer.global_step
+        if step == 0 or step % self.every or (self.rows and self.rows[-1]["step"] == step):
+            return
+        model = pl_module.model
+        use_full_attention(model)
+        ppl = self.evaluator.evaluate(model, self.tokens, self.length).ppl
+        if getattr(model.config, "s2_attn", None) and model.config.s2_attn.get("pattern") != "full":
+            apply_attention(model)  # restore the training pattern stored on the config
+        model.train()
+        self.rows.append({"step": step, "ppl": ppl})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows[:] = list(state.get("rows", []))

@@ -49,12 +49,30 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+STAMP = ".fingerprint"
+
+
+def reuse_or_cache(pipeline_dir: Path, cache_dir: Path, fingerprint: str) -> Path:
+    """``pipeline_dir`` when it was built from the same config (its stamp matches), else ``cache_dir``."""
+    stamp = pipeline_dir / STAMP
+    if stamp.is_file() and stamp.read_text().strip() == fingerprint:
+        return pipeline_dir
+    return cache_dir
+
+
+def write_stamp(folder: Path, fingerprint: str) -> None:
+    """Mark a finished folder with the fingerprint of the config that built it."""
+    (folder / STAMP).write_text(fingerprint + "\n")
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where each stage reads and writes."""
 
     data: Path
     base: Path
+    data_fp: str
+    base_fp: str
     finetuned: Path
     base_ckpt: Path
     ckpt: Path
@@ -67,14 +85,19 @@ class Paths:
         data_fp = _fingerprint(ll.data, ll.train.context_length, ll.model.source, ll.model.name_or_path)
         base_fp = _fingerprint(data_fp, ll.model, ll.base, cfg.seed)
         run_fp = _fingerprint(base_fp, ll.attention, ll.adapter, ll.train, cfg.seed)
-        if ctx.sweep:  # shared, content-addressed caches so sweep jobs reuse data and base models
-            data, base = ctx.cache_root / f"longlora-data-{data_fp}", ctx.cache_root / f"longlora-base-{base_fp}"
-        else:
-            data, base = Path(cfg.run.data_dir) / "longlora", Path(cfg.run.model_dir) / "longlora" / "base"
+        data = Path(cfg.run.data_dir) / "longlora"
+        base = Path(cfg.run.model_dir) / "longlora" / "base"
+        if ctx.sweep:
+            # Sweep jobs and ablation variants reuse the pipeline's data and base model when their
+            # config fingerprints match, else shared content-addressed caches.
+            data = reuse_or_cache(data, ctx.cache_root / f"longlora-data-{data_fp}", data_fp)
+            base = reuse_or_cache(base, ctx.cache_root / f"longlora-base-{base_fp}", base_fp)
         out = ctx.out_root
         return cls(
             data=data,
             base=base,
+            data_fp=data_fp,
+            base_fp=base_fp,
             finetuned=out / cfg.run.model_dir / "longlora" / "finetuned",
             base_ckpt=Path(cfg.run.model_dir if not ctx.sweep else ctx.cache_root) / "longlora-checkpoints" / f"base-{base_fp}",
             # Checkpoints are keyed by the run's config: a rerun of the same config resumes, a changed
@@ -88,7 +111,10 @@ class Paths:
 def _run_tags(cfg: DictConfig) -> dict[str, Any]:
     ll = cfg.longlora
     attn = "full" if ll.attention.pattern == "full" else f"s2-{ll.attention.shift}{'-roll' if ll.attention.wrap else ''}"
-    return {"model": ll.model.source, "attn": attn, "adapter": ll.adapter.mode, "ctx": ll.train.context_length}
+    tags = {"model": ll.model.source, "attn": attn, "adapter": ll.adapter.mode, "ctx": ll.train.context_length}
+    if cfg.ablations.variant:
+        tags["variant"] = f"{cfg.ablations.name}/{cfg.ablations.variant}"
+    return tags
 
 
 # --- prepare --------------------------------------------------------------------------------------
@@ -108,6 +134,7 @@ def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
         to_dataclass(ll.data, LMDataConfig), paths.data, int(ll.train.context_length),
         model_name_or_path=model_path, model_gguf_file=gguf_file,
     )
+    write_stamp(paths.data, paths.data_fp)
     log.info("prepared LongLoRA data in %s: %s", paths.data, prepared.to_dict())
     return prepared.to_dict()
 
@@ -141,10 +168,11 @@ def build_base(cfg: DictConfig, ctx: StageContext) -> Path:
     ll = cfg.longlora
     paths = Paths.of(cfg, ctx)
     model_cfg = to_dataclass(ll.model, ModelConfig)
-    if (paths.base / "config.json").is_file() and ctx.sweep:
+    if ctx.sweep and (paths.base / STAMP).is_file():
         return paths.base
     if model_cfg.source != "tiny":
         materialize_base(model_cfg, paths.base)
+        write_stamp(paths.base, paths.base_fp)
         return paths.base
 
     tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
@@ -171,14 +199,18 @@ def build_base(cfg: DictConfig, ctx: StageContext) -> Path:
     paths.base.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(paths.base)
     tokenizer.save_pretrained(paths.base)
+    write_stamp(paths.base, paths.base_fp)
     return paths.base
 
 
 # --- fine-tune ------------------------------------------------------------------------------------
 
 
-def train(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
-    """Fine-tune the base model at the target context (LongLoRA §3, §4.1) and save adapter + merged model."""
+def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = None) -> dict[str, Any]:
+    """Fine-tune the base model at the target context (LongLoRA §3, §4.1) and save adapter + merged model.
+
+    ``extra_callbacks`` (Lightning callbacks) are added to the trainer, e.g. periodic evaluation.
+    """
     from lightning.pytorch.loggers import WandbLogger
     from transformers import AutoTokenizer
 
@@ -210,7 +242,7 @@ def train(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
         config_dicts = {"model": asdict(model_cfg), "adapter": asdict(adapter_cfg), "attention": asdict(attn_cfg)}
         module = CausalLMModule(model, train_cfg, config_dicts)
         datamodule = PackedBlocksDataModule(train_cfg, path=paths.data / "train.npy", loader=PackedBlocks)
-        trainer = build_trainer(train_cfg, paths.ckpt, loggers=[WandbLogger(experiment=run)], callbacks=[recorder],
+        trainer = build_trainer(train_cfg, paths.ckpt, loggers=[WandbLogger(experiment=run)], callbacks=[recorder, *(extra_callbacks or [])],
                                 accelerator=cfg.run.accelerator, devices=cfg.run.devices)
         resumed = fit_resumable(trainer, module, datamodule, paths.ckpt)
         rows = recorder.rows

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import ConfigError, to_dataclass
+from repro.workflows.longlora import reuse_or_cache, write_stamp
 from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def run_train_config(cfg: DictConfig, run: str):
 @dataclass(frozen=True)
 class Paths:
     data: Path
+    data_fp: str
     model: Path
     ckpt: Path
     metrics: Path
@@ -76,10 +78,13 @@ class Paths:
         from repro.data.simcse_data import build_simcse_data_config, input_fingerprint
 
         data_fp = input_fingerprint(build_simcse_data_config(OmegaConf.to_container(cfg.simcse.data)))[:12]
-        data = ctx.cache_root / f"simcse-data-{data_fp}" if ctx.sweep else Path(cfg.run.data_dir) / "simcse"
+        data = Path(cfg.run.data_dir) / "simcse"
+        if ctx.sweep:
+            data = reuse_or_cache(data, ctx.cache_root / f"simcse-data-{data_fp}", data_fp)
         out = ctx.out_root
         return cls(
             data=data,
+            data_fp=data_fp,
             model=out / cfg.run.model_dir / "simcse" / run,
             ckpt=out / cfg.run.model_dir / "simcse-checkpoints" / run,
             metrics=out / cfg.run.metrics_dir / "simcse",
@@ -93,6 +98,7 @@ def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
 
     paths = Paths.of(cfg, ctx)
     manifest = prepare_simcse_data(OmegaConf.to_container(cfg.simcse.data), paths.data)
+    write_stamp(paths.data, paths.data_fp)
     log.info("SimCSE data in %s: %s", paths.data, manifest.get("counts"))
     return manifest
 
@@ -152,6 +158,8 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     datamodule = SimCSEDataModule(examples, encoder.tokenizer, enc_cfg.max_length, train_cfg)
     tags = {"run": run, "encoder": enc_cfg.source if enc_cfg.source == "tiny" else enc_cfg.name_or_path or enc_cfg.package,
             "pooler": enc_cfg.pooler}
+    if cfg.ablations.variant:
+        tags["variant"] = f"{cfg.ablations.name}/{cfg.ablations.variant}"
     wandb_run = init_run(cfg, PAPER, "train", make_run_name(PAPER, "train", cfg.run.profile, tags), ctx.group)
     recorder = HistoryRecorder(("train/loss", "train/lr", "eval/stsb_dev_spearman", "eval/align", "eval/uniform"))
     start = time.perf_counter()
@@ -228,6 +236,8 @@ def evaluate(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     metrics["eval/seconds"] = round(time.perf_counter() - start, 2)
     metrics["eval/unique_sentences"] = result.n_sentences
     tags = {"run": run, "mode": train_cfg.mode}
+    if cfg.ablations.variant:
+        tags["variant"] = f"{cfg.ablations.name}/{cfg.ablations.variant}"
     wandb_run = init_run(cfg, PAPER, "evaluate", make_run_name(PAPER, "evaluate", cfg.run.profile, tags), ctx.group)
     try:
         wandb_run.summary.update({**metrics, "note": result.note})

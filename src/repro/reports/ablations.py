@@ -1,0 +1,502 @@
+"""reports/ablations.md: every ablation variant beside the paper's table, and the claims the sweep tests.
+
+An ablation is ``ablations.<name>`` in the config: ``ref`` (the paper table or figure), ``kind``
+(``longlora`` | ``longlora_steps`` | ``simcse``), ``paper_table`` (a SimCSE key of
+``paper_numbers.yaml`` or null) and ``variants`` (name -> config diff merged over the root config).
+Each variant wrote ``metrics/ablations/<name>/<variant>.json`` (``status`` ``ok`` or ``failed``), its
+W&B run info under ``runs/`` and, where it logs curves, ``plots/ablations/<name>/<variant>.csv``.
+A variant of the config without a metrics file is *missing*; missing and failed variants stay in
+every table and turn the claims that need them into "missing".
+
+The paper row beside a SimCSE variant is found from the variant's effective config values (dropout
+and fixed mask for Table 3, temperature for Table D.1, pooler + ``mlp_only_train`` for Table 6, the
+hard-negative weight ``log alpha`` for Table 7), never from the variant's name. Claims identify
+their variants the same way (e.g. "the variant trained with full attention").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from repro.evaluation.references import get_claim, get_table, load_paper_numbers
+from repro.reporting import (
+    MISSING, fmt, hardware, line_figure, md_cell, md_table, read_csv, read_json, save_figure, trajectory_figure, verdict,
+)
+from repro.tracking import run_link
+
+KINDS = ("longlora", "longlora_steps", "simcse")
+STATUSES = ("ok", "failed", "missing")
+DEV = "train/best_stsb_dev"  # SimCSE's model-selection metric; every ablation table of the paper reports it
+FAR_WORSE_POINTS = 10.0  # "far worse" for the fixed-mask claim (the paper's gap is 38.9 points)
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """One variant of an ablation as found on disk.
+
+    Attributes:
+        ablation, variant: names from the config.
+        status: ``ok`` | ``failed`` | ``missing`` (no metrics file).
+        metrics: the flat metrics JSON ({} when missing).
+        error: the recorded error of a failed variant (or why its file could not be read).
+        run_info: the W&B run record (:func:`repro.tracking.record_run`), or None.
+        curve: rows of the variant's curve CSV ([] when none).
+        diff: the variant's config diff as a plain dict.
+        config: the root config with the diff merged in (what the variant ran with).
+    """
+
+    ablation: str
+    variant: str
+    status: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    run_info: dict[str, Any] | None = None
+    curve: list[dict[str, str]] = field(default_factory=list)
+    diff: dict[str, Any] = field(default_factory=dict)
+    config: DictConfig | None = None
+
+    def value(self, key: str) -> float | None:
+        """A finite numeric metric of an ``ok`` variant, else None."""
+        v = self.metrics.get(key) if self.status == "ok" else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return None
+        return float(v)
+
+    @property
+    def status_text(self) -> str:
+        """``ok`` / ``missing`` / ``failed: <error>`` for a table cell."""
+        return md_cell(f"failed: {self.error}") if self.status == "failed" else self.status
+
+
+def ablation_names(cfg: DictConfig) -> list[str]:
+    """The ablations of ``cfg.ablations`` in config order (entries with ``variants``)."""
+    abl = cfg.get("ablations") or {}
+    return [k for k, v in abl.items() if isinstance(v, DictConfig) and "variants" in v]
+
+
+def ablation_spec(cfg: DictConfig, ablation: str) -> DictConfig:
+    """``cfg.ablations[ablation]``; KeyError naming the known ablations, ValueError for a bad kind."""
+    names = ablation_names(cfg)
+    if ablation not in names:
+        raise KeyError(f"unknown ablation {ablation!r}; ablations in the config: {names}")
+    spec = cfg.ablations[ablation]
+    if spec.get("kind") not in KINDS:
+        raise ValueError(f"ablations.{ablation}.kind={spec.get('kind')!r}; expected one of {KINDS}")
+    return spec
+
+
+def variant_config(cfg: DictConfig, diff: Any) -> DictConfig:
+    """The root config with a variant's diff merged in (as the ablation runner does)."""
+    return OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg)), diff or {})
+
+
+def _read_status(path: Path) -> tuple[str, dict[str, Any], str | None]:
+    if not path.is_file():
+        return "missing", {}, None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return "failed", {}, f"unreadable metrics file {path}: {err}"
+    if not isinstance(data, dict):
+        return "failed", {}, f"{path}: expected a JSON object"
+    status = data.get("status")
+    if status == "ok":
+        return "ok", data, None
+    if status == "failed":
+        return "failed", data, str(data.get("error") or "no error message recorded")
+    return "failed", data, f"{path}: 'status' is {status!r}, expected 'ok' or 'failed'"
+
+
+def collect(root: Path, cfg: DictConfig, ablation: str) -> list[VariantResult]:
+    """Every variant of ``ablation`` in config order, with what its files hold (none dropped)."""
+    spec = ablation_spec(cfg, ablation)
+    mdir = Path(root) / cfg.run.metrics_dir / "ablations" / ablation
+    pdir = Path(root) / cfg.run.plots_dir / "ablations" / ablation
+    out = []
+    for variant, diff in spec.variants.items():
+        status, metrics, error = _read_status(mdir / f"{variant}.json")
+        try:
+            run_info = read_json(mdir / "runs" / f"{variant}.json")
+        except json.JSONDecodeError:
+            run_info = None
+        plain = OmegaConf.to_container(diff) if isinstance(diff, DictConfig) else dict(diff or {})
+        out.append(VariantResult(ablation, str(variant), status, metrics, error, run_info,
+                                 read_csv(pdir / f"{variant}.csv"), plain, variant_config(cfg, diff)))
+    return out
+
+
+def flat_diff(diff: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"simcse": {"train": {"temperature": 0.1}}}`` -> ``{"simcse.train.temperature": 0.1}``."""
+    if not isinstance(diff, dict) or not diff:
+        return {prefix: diff} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in diff.items():
+        out.update(flat_diff(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _diff_text(diff: dict[str, Any]) -> str:
+    items = flat_diff(diff)
+    return ", ".join(f"`{k.split('.', 1)[-1]}={v}`" for k, v in items.items()) if items else "(base config)"
+
+
+# --- SimCSE: effective settings and the paper's matching row -----------------------------------
+
+
+def simcse_settings(vcfg: DictConfig, run: str = "unsup") -> dict[str, Any]:
+    """The variant's SimCSE values that the paper's ablation tables vary.
+
+    ``simcse.train`` is overlaid with ``simcse.runs[run]`` (the ablation's ``run``, as
+    :func:`repro.workflows.simcse.run_train_config` does); alpha = exp(hard_negative_weight), the
+    reference code adding the weight to the hard-negative logit (SimCSE §4, Table 7).
+    """
+    sc = vcfg.simcse
+    runs = sc.get("runs") or {}
+    train = OmegaConf.merge(sc.train, runs.get(run) or {})
+    weight = float(train.hard_negative_weight)
+    return {"p": float(sc.encoder.dropout), "fixed": bool(train.fixed_dropout), "tau": float(train.temperature),
+            "alpha": 0.0 if weight == -math.inf else math.exp(weight), "pooler": str(sc.encoder.pooler),
+            "mlp_only_train": bool(sc.encoder.mlp_only_train), "mode": str(train.mode),
+            "batch_size": int(train.batch_size)}
+
+
+_TABLE6_POOLERS = MappingProxyType({("cls", False): "cls_with_mlp", ("cls", True): "cls_with_mlp_train_only",
+                                    ("cls_before_pooler", False): "cls_without_mlp",
+                                    ("cls_before_pooler", True): "cls_without_mlp",
+                                    ("avg_first_last", False): "first_last_avg", ("avg_first_last", True): "first_last_avg"})
+
+
+def _row_query(table: str, s: dict[str, Any]) -> tuple[dict[str, Any], str, str] | None:
+    """(row filters, column, label) of the paper row matching settings ``s``; None if the table has none."""
+    if table == "table3_dropout":
+        return {"p": s["p"], "fixed_mask": s["fixed"]}, "stsb_dev", f"p={s['p']:g}" + (", fixed mask" if s["fixed"] else "")
+    if table == "tableD1_temperature":
+        return {"similarity": "cosine", "tau": s["tau"]}, "stsb_dev", f"τ={s['tau']:g}"
+    if table == "table6_pooler":
+        name = _TABLE6_POOLERS.get((s["pooler"], s["mlp_only_train"]))
+        return ({"pooler": name}, s["mode"], name) if name else None
+    if table == "table7_hard_negatives":
+        if s["mode"] != "sup":  # Table 7 is supervised: NLI contradictions are the hard negatives
+            return None
+        if s["alpha"] == 0.0:
+            return {"hard_negative": "none"}, "stsb_dev", "no hard negative (α=0)"
+        return {"hard_negative": "contradiction", "alpha": s["alpha"]}, "stsb_dev", f"contradiction, α={s['alpha']:g}"
+    raise ValueError(f"paper_table {table!r} has no matching rule; known: table3_dropout, tableD1_temperature, "
+                     "table6_pooler, table7_hard_negatives")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return a == b
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
+
+
+def paper_value(table: str, vcfg: DictConfig, run: str = "unsup") -> tuple[str, float | None] | None:
+    """(row label, value) of SimCSE ``table`` matching the variant's config, or None when no row matches."""
+    query = _row_query(table, simcse_settings(vcfg, run))
+    if query is None:
+        return None
+    filters, column, label = query
+    t = get_table("simcse", table)
+    rows = [r for r in t["rows"] if all(_same(r.get(k), v) for k, v in filters.items())]
+    if len(rows) != 1 or column not in t["columns"]:
+        return None
+    return f"{t['ref']}: {rows[0].get('label', label)}", rows[0]["values"][t["columns"].index(column)]
+
+
+# --- claims -----------------------------------------------------------------------------------------
+
+
+def _pick(results: Sequence[VariantResult], pred: Callable[[VariantResult], bool]) -> VariantResult | None:
+    return next((r for r in results if pred(r)), None)
+
+
+def _ctx(r: VariantResult) -> int:
+    return int(r.config.longlora.train.context_length)
+
+
+def _ppl(r: VariantResult | None) -> float | None:
+    return r.value(f"ppl@{_ctx(r)}") if r is not None else None
+
+
+def _name(r: VariantResult | None) -> str:
+    return r.variant if r is not None else "(no such variant in the config)"
+
+
+def _both(a: float | None, b: float | None, test: Callable[[float, float], bool]) -> bool | None:
+    return None if a is None or b is None else test(a, b)
+
+
+def _best_claim(text: str, pool: Sequence[VariantResult], winner: VariantResult | None, key: str = DEV) -> list[str]:
+    vals = {r.variant: r.value(key) for r in pool}
+    complete = winner is not None and pool and all(v is not None for v in vals.values())
+    held = vals[winner.variant] >= max(vals.values()) if complete else None
+    best = max(vals, key=lambda k: vals[k]) if complete else None
+    evidence = ", ".join(f"{k} {fmt(v)}" for k, v in vals.items()) + (f" → best {best}" if best else "")
+    return [text, f"{_name(winner)} vs the rest: {evidence}", verdict(held)]
+
+
+def _longlora_attention(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
+    att = lambda r: r.config.longlora.attention  # noqa: E731
+    full = _pick(res, lambda r: att(r).pattern == "full")
+    s2 = _pick(res, lambda r: att(r).pattern == "s2" and att(r).shift == "heads" and not att(r).wrap)
+    short = _pick(res, lambda r: att(r).pattern == "s2" and att(r).shift == "none")
+    a, f, s = _ppl(s2), _ppl(full), _ppl(short)
+    rel = f" ({(a - f) / f:+.1%})" if a is not None and f is not None else ""
+    return [["S2-Attn training, tested with full attention, is within 5% of full-attention training (Table 6, §3.2)",
+             f"{_name(s2)} {fmt(a)} vs {_name(full)} {fmt(f)}{rel}", verdict(_both(a, f, lambda x, y: abs(x - y) <= 0.05 * y))],
+            ["Short attention without shift is worse than S2-Attn under full-attention testing (Table 6)",
+             f"{_name(short)} {fmt(s)} vs {_name(s2)} {fmt(a)}", verdict(_both(s, a, lambda x, y: x > y))]]
+
+
+def _lora_variants(res: Sequence[VariantResult]) -> tuple[VariantResult | None, VariantResult | None]:
+    ad = lambda r: r.config.longlora.adapter  # noqa: E731
+    plus = _pick(res, lambda r: ad(r).mode == "lora_plus" and sorted(ad(r).trainable_extra) == ["embed", "norm"])
+    full = _pick(res, lambda r: ad(r).mode == "full")
+    return plus, full
+
+
+def _longlora_lora(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
+    plus, full = _lora_variants(res)
+    rank = plus.config.longlora.adapter.r if plus is not None else None
+    plain = _pick(res, lambda r: r.config.longlora.adapter.mode == "lora" and r.config.longlora.adapter.r == rank)
+    p, f, q = _ppl(plus), _ppl(full), _ppl(plain)
+    return [["LoRA+ is at most 1% worse than full fine-tuning (Table 2: LoRA+ closes the gap)",
+             f"{_name(plus)} {fmt(p)} vs {_name(full)} {fmt(f)}", verdict(_both(p, f, lambda x, y: x <= 1.01 * y))],
+            ["Trainable embeddings + norms improve plain LoRA of the same rank (Table 2)",
+             f"{_name(plus)} {fmt(p)} vs {_name(plain)} {fmt(q)}", verdict(_both(p, q, lambda x, y: x < y))]]
+
+
+def curve_points(r: VariantResult | None, x: str, y: str) -> tuple[list[float], list[float]]:
+    """(xs, ys) of a variant's curve where both cells are filled (an ``ok`` variant only)."""
+    if r is None or r.status != "ok":
+        return [], []
+    pts = [(float(row[x]), float(row[y])) for row in r.curve if row.get(x) not in (None, "") and row.get(y) not in (None, "")]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _longlora_steps(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
+    curves = {r.variant: curve_points(r, "step", "ppl") for r in res}
+    usable = all(len(xs) >= 2 and xs[0] == 0 for xs, _ in curves.values())
+    held = all(ys[-1] < ys[0] for _, ys in curves.values()) if usable and curves else None
+    ev = "; ".join(f"{k} {fmt(ys[0]) if ys else MISSING} → {fmt(ys[-1]) if ys else MISSING}"
+                   f" (step 0 → {int(xs[-1]) if xs else '?'})" for k, (xs, ys) in curves.items())
+    plus, full = _lora_variants(res)
+    lp, lf = (curves[r.variant][1][-1] if r is not None and curves[r.variant][1] else None for r in (plus, full))
+    return [["Perplexity decreases with fine-tuning steps (Figure 5)", ev, verdict(held)],
+            ["LoRA+ is within 1% of full fine-tuning at the last step (Figure 5: close after 200 steps)",
+             f"{_name(plus)} {fmt(lp)} vs {_name(full)} {fmt(lf)}", verdict(_both(lp, lf, lambda x, y: x <= 1.01 * y))]]
+
+
+def _ppl_lengths(r: VariantResult) -> set[int]:
+    return {int(k.split("@", 1)[1]) for k in r.metrics if k.startswith("ppl@") and r.value(k) is not None}
+
+
+def _longlora_context(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
+    text = "A longer training context lowers perplexity at the longest evaluation length (Tables 3/4)"
+    common = set.intersection(*(_ppl_lengths(r) for r in res)) if res else set()
+    if not res or any(r.status != "ok" for r in res) or not common:
+        return [[text, "inputs: " + ", ".join(f"{r.variant} {r.status}" for r in res), verdict(None)]]
+    n = max(common)
+    vals = {r.variant: r.value(f"ppl@{n}") for r in res}
+    longest = max(res, key=_ctx)
+    held = all(vals[longest.variant] < v for k, v in vals.items() if k != longest.variant)
+    ev = ", ".join(f"{r.variant} (train {_ctx(r)}) {fmt(vals[r.variant])}" for r in res)
+    return [[text, f"ppl@{n} (longest length evaluated for every variant): {ev}", verdict(held)]]
+
+
+def _dropout(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
+    s = lambda r: simcse_settings(r.config, spec.get("run", "unsup"))  # noqa: E731
+    free = [r for r in res if not s(r)["fixed"]]
+    p01 = _pick(free, lambda r: _same(s(r)["p"], 0.1))
+    fixed = _pick(res, lambda r: s(r)["fixed"] and _same(s(r)["p"], 0.1))
+    a, b = (r.value(DEV) if r is not None else None for r in (p01, fixed))
+    return [_best_claim("p = 0.1 gives the best STS-B dev among the dropout rates (Table 3)", free, p01),
+            [f"A fixed mask at p = 0.1 is far worse than p = 0.1 (Table 3; 'far' = ≥ {FAR_WORSE_POINTS:g} points)",
+             f"{_name(fixed)} {fmt(b)} vs {_name(p01)} {fmt(a)}", verdict(_both(a, b, lambda x, y: x - y >= FAR_WORSE_POINTS))]]
+
+
+def _temperature(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
+    tau = _pick(res, lambda r: _same(simcse_settings(r.config, spec.get("run", "unsup"))["tau"], 0.05))
+    return [_best_claim("τ = 0.05 gives the best STS-B dev (Table D.1)", res, tau)]
+
+
+def _hard_negative(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
+    one = _pick(res, lambda r: _same(simcse_settings(r.config, spec.get("run", "unsup"))["alpha"], 1.0))
+    return [_best_claim("α = 1 gives the best STS-B dev (Table 7)", res, one)]
+
+
+def _pooler(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
+    run = spec.get("run", "unsup")
+    vals = {r.variant: r.value(DEV) for r in res}
+    paper = {r.variant: paper_value(str(spec.paper_table), r.config, run) if spec.get("paper_table") else None for r in res}
+    known = [p[1] for p in paper.values() if p is not None and p[1] is not None]
+    if not res or any(v is None for v in vals.values()) or not known:
+        return [["Best pooler (Table 6)", "inputs: " + ", ".join(f"{k} {fmt(v)}" for k, v in vals.items()), verdict(None)]]
+    best = max(vals, key=lambda k: vals[k])
+    top = [p[0] for p in paper.values() if p is not None and p[1] == max(known)]
+    held = paper[best] is not None and paper[best][1] == max(known)
+    return [[f"Best pooler is the paper's best (Table 6: {' / '.join(top)})",
+             f"ours: {best} ({fmt(vals[best])}); " + ", ".join(f"{k} {fmt(v)}" for k, v in vals.items()), verdict(held)]]
+
+
+def _batch(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
+    vals = {r.variant: r.value(DEV) for r in res}
+    done = bool(res) and all(v is not None for v in vals.values())
+    spread = max(vals.values()) - min(vals.values()) if done else None
+    return [["Insensitive to batch size: STS-B dev spread < 2 points (Appendix A)",
+             ", ".join(f"{k} {fmt(v)}" for k, v in vals.items()) + f"; spread {fmt(spread)}",
+             verdict(spread < 2.0 if spread is not None else None)]]
+
+
+CLAIMS = MappingProxyType({
+    "longlora_attention": _longlora_attention, "longlora_lora": _longlora_lora, "longlora_steps": _longlora_steps,
+    "longlora_context": _longlora_context, "simcse_dropout": _dropout, "simcse_temperature": _temperature,
+    "simcse_pooler": _pooler, "simcse_hard_negative": _hard_negative, "simcse_batch": _batch,
+})
+
+
+def claims(ablation: str, results: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
+    """Rows ``[claim, evidence, verdict]`` for an ablation ([] when it has no claim check)."""
+    fn = CLAIMS.get(ablation)
+    return fn(results, spec) if fn else []
+
+
+# --- the page ---------------------------------------------------------------------------------------
+
+
+def _longlora_table(res: Sequence[VariantResult]) -> str:
+    lengths = sorted(set().union(*(_ppl_lengths(r) for r in res))) or sorted({_ctx(r) for r in res})
+    own = any(r.value(f"ppl_own@{_ctx(r)}") is not None for r in res)
+    header = ["variant", "config diff", "status", "train ctx", *[f"ppl@{n} (full attn)" for n in lengths],
+              *(["ppl@ctx (own pattern)"] if own else []), "passkey@ctx", "trainable params", "tokens/s",
+              "peak mem (MB)", "final loss", "W&B"]
+    rows = []
+    for r in res:
+        c, tp = _ctx(r), r.value("train/trainable_params")
+        rows.append([r.variant, _diff_text(r.diff), r.status_text, c, *[fmt(r.value(f"ppl@{n}")) for n in lengths],
+                     *([fmt(r.value(f"ppl_own@{c}"))] if own else []), fmt(r.value(f"passkey@{c}")),
+                     fmt(int(tp)) if tp is not None else MISSING, fmt(r.value("train/tokens_per_s"), 0),
+                     fmt(r.value("train/peak_mem_mb"), 0), fmt(r.value("train/final_loss"), 3), run_link(r.run_info)])
+    return md_table(header, rows)
+
+
+def _longlora_paper_note(spec: DictConfig, res: Sequence[VariantResult]) -> str:
+    if spec.kind == "longlora_steps":
+        claim = get_claim("longlora", "finetune_steps_step0")
+        paper = claim["values"]["step0_perplexity"]
+        rows = [[r.variant, fmt(curve_points(r, "step", "ppl")[1][0] if curve_points(r, "step", "ppl")[1] else None),
+                 fmt(r.value(f"step0/ppl_s2@{_ctx(r)}")), fmt(paper)] for r in res]
+        return (f"Step 0 (Position Interpolation, no fine-tuning) beside the paper ({claim['ref']}, {claim['provenance']}"
+                f" source: {md_cell(claim['statement'])}):\n\n"
+                + md_table(["variant", "step-0 ppl (full attn)", "step-0 ppl (S2-Attn)", "paper step 0"], rows))
+    gone = [m for m in load_paper_numbers()["longlora"].get("missing") or []
+            if isinstance(m, dict) and any(part.strip() in str(spec.ref) for part in str(m.get("ref", "")).split("/"))]
+    why = "; ".join(f"{m['ref']}: {m.get('reason', '')}" for m in gone) or "see `missing` in paper_numbers.yaml"
+    return f"The paper's numbers for this ablation are not transcribed ({why}); the claims below test orderings only."
+
+
+def _simcse_table(res: Sequence[VariantResult], spec: DictConfig) -> str:
+    table, run = spec.get("paper_table"), spec.get("run", "unsup")
+    header = ["variant", "config diff", "status", "STS-B dev (best)",
+              *(["paper row", "paper", "Δ (ours − paper)"] if table else []),
+              "STS avg", "STS-B test", "SICK-R test", "align", "uniform", "W&B"]
+    rows = []
+    for r in res:
+        ours, cells = r.value(DEV), []
+        if table:
+            match = paper_value(str(table), r.config, run)
+            ref, val = match if match is not None else (f"no matching row of {table}", None)
+            cells = [ref, fmt(val, 1), fmt(ours - val) if ours is not None and val is not None else MISSING]
+        rows.append([r.variant, _diff_text(r.diff), r.status_text, fmt(ours), *cells, fmt(r.value("sts/avg")),
+                     fmt(r.value("sts/stsb/test")), fmt(r.value("sts/sickr/test")), fmt(r.value("stsb_test/align"), 3),
+                     fmt(r.value("stsb_test/uniform"), 3), run_link(r.run_info)])
+    return md_table(header, rows)
+
+
+def _figures(name: str, spec: DictConfig, res: Sequence[VariantResult], out_dir: Path) -> list[str]:
+    """Figures of one ablation (paths relative to the page); none drawn without data."""
+    figs, run, fig_dir = [], spec.get("run", "unsup"), out_dir / "figures"
+    if spec.kind == "longlora_steps":
+        series = {r.variant: curve_points(r, "step", "ppl") for r in res if curve_points(r, "step", "ppl")[0]}
+        if series:
+            fig = line_figure(series, "fine-tuning step", "perplexity (full attention, training context)",
+                              "Perplexity vs fine-tuning steps (LongLoRA Fig. 5)")
+            figs.append(save_figure(fig, fig_dir / f"ablation_{name}_ppl_vs_step.png"))
+    if spec.get("kind") != "simcse" or spec.get("paper_table") not in ("table3_dropout", "tableD1_temperature"):
+        return figs
+    s = {r.variant: simcse_settings(r.config, run) for r in res}
+    if spec.paper_table == "table3_dropout":
+        picks = (("SimCSE (p=0.1)", lambda v: not s[v]["fixed"] and _same(s[v]["p"], 0.1)),
+                 ("no dropout (p=0)", lambda v: not s[v]["fixed"] and s[v]["p"] == 0.0),
+                 ("fixed 0.1 (same mask)", lambda v: s[v]["fixed"] and _same(s[v]["p"], 0.1)))
+        series = {label: curve_points(_pick(res, lambda r, f=f: f(r.variant)), "uniform", "align") for label, f in picks}
+        series = {k: v for k, v in series.items() if v[0]}
+        if series:
+            fig = trajectory_figure(series, "uniformity (ℓ_uniform)", "alignment (ℓ_align)",
+                                    "Alignment vs uniformity during training (SimCSE Fig. 2)")
+            figs.append(save_figure(fig, fig_dir / f"ablation_{name}_align_uniform.png"))
+    param, label, logx = ("p", "dropout p", False) if spec.paper_table == "table3_dropout" else ("tau", "temperature τ", True)
+    pool = sorted((r for r in res if not s[r.variant]["fixed"]), key=lambda r: s[r.variant][param])
+    ours = [(s[r.variant][param], r.value(DEV)) for r in pool if r.value(DEV) is not None]
+    paper = [(s[r.variant][param], m[1]) for r in pool
+             if (m := paper_value(str(spec.paper_table), r.config, run)) is not None and m[1] is not None]
+    series = {k: ([p[0] for p in v], [p[1] for p in v]) for k, v in
+              {f"ours ({res[0].config.run.profile})": ours, "paper (BERT-base)": paper}.items() if v} if res else {}
+    if ours:
+        fig = line_figure(series, label, "STS-B dev Spearman ×100", f"STS-B dev vs {label}", logx=logx)
+        figs.append(save_figure(fig, fig_dir / f"ablation_{name}_dev_vs_{param}.png"))
+    return figs
+
+
+def _scale_note(cfg: DictConfig, kind: str) -> str:
+    if kind == "simcse":
+        what = f"SimCSE encoder `{cfg.simcse.encoder.source}` on `{cfg.simcse.data.source}` data, {cfg.simcse.train.max_steps} steps"
+    else:
+        what = (f"LongLoRA model `{cfg.longlora.model.source}`, {cfg.longlora.train.max_steps} steps at context"
+                f" {cfg.longlora.train.context_length}")
+    return (f"> Scale: profile **{cfg.run.profile}** ({what}). The paper's values are for its models and data; at"
+            " this scale they are orientation, and the claims test the orderings the paper reports.")
+
+
+def section(cfg: DictConfig, root: Path, out_dir: Path, name: str, hw: str) -> list[str]:
+    """The Markdown lines of one ablation: variants, the paper beside them, claims, figures."""
+    spec = ablation_spec(cfg, name)
+    res = collect(root, cfg, name)
+    n = {s: sum(r.status == s for r in res) for s in STATUSES}
+    lines = ["", f"## {name}", "", f"Reproduces: {spec.get('ref', MISSING)}. Kind `{spec.kind}`. Profile"
+             f" **{cfg.run.profile}** on {hw}. Variants: {n['ok']} ok, {n['failed']} failed, {n['missing']} missing"
+             f" of {len(res)}.", "", _scale_note(cfg, spec.kind), ""]
+    if spec.kind == "simcse":
+        lines += [_simcse_table(res, spec), "", "STS-B dev: best Spearman ×100 during training (the paper's ablation"
+                  " metric); STS avg / test: the 7-task 'all' setting; align/uniform on STS-B test."]
+    else:
+        lines += [_longlora_table(res), "", _longlora_paper_note(spec, res)]
+    rows = claims(name, res, spec)
+    lines += ["", f"### Claims checked at the {cfg.run.profile} scale", "",
+              md_table(["claim (paper)", "our evidence", "verdict"], [[md_cell(c) for c in r] for r in rows])
+              if rows else "No claim check is defined for this ablation."]
+    figs = _figures(name, spec, res, out_dir)
+    lines += ["", *[f"![{Path(f).stem}]({f})" for f in figs]] if figs else []
+    return lines
+
+
+def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
+    """The ablations page as Markdown (figures saved under ``out_dir/figures``)."""
+    names, hw = ablation_names(cfg), hardware()
+    lines = ["# Ablations", "", "Each variant is a config diff over the root config, trained and evaluated on its own."
+             " A variant without metrics is listed as missing and a failed one with its error; none is dropped, and a"
+             " claim that needs one reads 'missing'."]
+    for name in names:
+        lines += section(cfg, Path(root), Path(out_dir), name, hw)
+    if not names:
+        lines += ["", "No ablations in the config (`ablations`)."]
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""Ablation variants: one config diff each (``ablations.<name>.variants``), run the same way by DVC
+(``ablate_<name>@<variant>`` stages) and by Hydra multirun (one job per variant).
+
+A variant trains and evaluates in its own folder (``models/ablations/<name>/<variant>/``), reusing the
+pipeline's prepared data and base model when its config leaves them unchanged, and writes one flat
+JSON, ``metrics/ablations/<name>/<variant>.json``, with ``status`` ``ok`` or ``failed`` (the report
+shows failed and missing variants, it never drops them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from repro.cli import StageContext
+from repro.config import ConfigError, validate
+from repro.tracking import record_run, write_csv, write_metrics
+
+log = logging.getLogger(__name__)
+KINDS = ("longlora", "longlora_steps", "simcse")
+
+
+def variant_names(cfg: DictConfig, ablation: str) -> list[str]:
+    """The variants of an ablation, in config order."""
+    spec = _spec(cfg, ablation)
+    return list(spec.variants.keys())
+
+
+def _spec(cfg: DictConfig, ablation: str) -> DictConfig:
+    known = [k for k in cfg.ablations if k not in ("name", "variant")]
+    if ablation not in known:
+        raise ConfigError(f"unknown ablation '{ablation}'; ablations has {known}")
+    spec = cfg.ablations[ablation]
+    if spec.kind not in KINDS:
+        raise ConfigError(f"ablations.{ablation}.kind={spec.kind!r}; expected one of {KINDS}")
+    return spec
+
+
+def variant_config(cfg: DictConfig, ablation: str, variant: str) -> DictConfig:
+    """The root config with the variant's diff merged in, validated (errors name the variant's key)."""
+    spec = _spec(cfg, ablation)
+    if variant not in spec.variants:
+        raise ConfigError(f"unknown variant '{variant}' of ablation '{ablation}'; has {list(spec.variants)}")
+    merged = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg)), spec.variants[variant] or {})
+    merged.ablations.name, merged.ablations.variant = ablation, variant  # run names and W&B groups say so
+    try:
+        return validate(merged)
+    except ConfigError as exc:
+        raise ConfigError(f"ablations.{ablation}.variants.{variant}: {exc}") from exc
+
+
+def _variant_context(ctx: StageContext, ablation: str, variant: str) -> StageContext:
+    out = ctx.out_root if ctx.sweep else ctx.out_root / "models" / "ablations" / ablation / variant
+    return replace(ctx, out_root=out, group=f"ablation-{ablation}", sweep=True)
+
+
+def run_variant(cfg: DictConfig, ctx: StageContext, ablation: str, variant: str) -> dict[str, Any]:
+    """Train + evaluate one variant; write its metrics JSON (status ``failed`` with the error on failure).
+
+    Under DVC a failure is raised after the JSON is written (the stage fails); in a Hydra sweep it is
+    logged and the sweep goes on.
+    """
+    metrics_dir = ctx.out_root / cfg.run.metrics_dir / "ablations" / ablation
+    head = {"ablation": ablation, "variant": variant}
+    try:
+        vcfg = variant_config(cfg, ablation, variant)
+        spec = _spec(cfg, ablation)
+        vctx = _variant_context(ctx, ablation, variant)
+        root = ctx.out_root
+        curve = root / cfg.run.plots_dir / "ablations" / ablation / f"{variant}.csv"
+        run_info = metrics_dir / "runs" / f"{variant}.json"
+        if spec.kind == "simcse":
+            metrics = _simcse(vcfg, vctx, spec, curve, run_info)
+        else:
+            metrics = _longlora(vcfg, vctx, spec, ablation, curve, run_info)
+        result = {"status": "ok", **head, **metrics}
+        _log_summary(vcfg, vctx, spec, result, curve)
+        write_metrics(metrics_dir / f"{variant}.json", result)
+        return result
+    except Exception as exc:  # record the failure, never drop the variant
+        log.exception("ablation %s variant %s failed", ablation, variant)
+        write_metrics(metrics_dir / f"{variant}.json", {"status": "failed", **head, "error": f"{type(exc).__name__}: {exc}"})
+        if not ctx.sweep:
+            raise
+        return {"status": "failed", **head}
+
+
+def _log_summary(cfg: DictConfig, ctx: StageContext, spec: DictConfig, result: dict, curve: Path) -> None:
+    """One W&B run (job_type ``ablate``) per variant holding its final metrics and curve."""
+    import csv
+
+    from repro.tracking import init_run, make_run_name
+
+    paper = "simcse" if spec.kind == "simcse" else "longlora"
+    tags = {"ablation": result["ablation"], "variant": result["variant"]}
+    run = init_run(cfg, paper, "ablate", make_run_name(paper, "ablate", cfg.run.profile, tags), ctx.group)
+    try:
+        if curve.is_file() and spec.kind == "longlora_steps":
+            with curve.open() as f:
+                for row in csv.DictReader(f):
+                    run.log({"ablate/step": int(row["step"]), "ablate/ppl": float(row["ppl"])})
+        run.summary.update({f"ablate/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+    finally:
+        run.finish()
+
+
+def _copy(src: Path, dest: Path) -> None:
+    if src.is_file() and src.resolve() != dest.resolve():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(src.read_text())
+
+
+# --- LongLoRA ---------------------------------------------------------------------------------------
+
+
+def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: str, curve: Path,
+              run_info: Path) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from repro.data.lm_data import load_array
+    from repro.evaluation.passkey import build_passkey_evaluator
+    from repro.evaluation.perplexity import LMEvalConfig, build_perplexity_evaluator
+    from repro.lit.history import PeriodicPerplexity
+    from repro.models.attention.registry import apply_attention
+    from repro.models.longlora import load_for_context
+    from repro.config import to_dataclass
+    from repro.workflows import longlora
+
+    ll = cfg.longlora
+    longlora.prepare(cfg, ctx)
+    longlora.build_base(cfg, ctx)
+    paths = longlora.Paths.of(cfg, ctx)
+    eval_cfg = to_dataclass(ll.eval, LMEvalConfig)
+    target = int(ll.train.context_length)
+    lengths = [n for n in eval_cfg.lengths if n <= target] or [target]
+    stream_path = sorted((paths.data / "eval").glob("*.npy"))[0]
+    tokens = torch.from_numpy(load_array(stream_path).astype(np.int64))
+    ppl_eval = build_perplexity_evaluator(eval_cfg)
+    out: dict[str, Any] = {"eval_set": stream_path.stem}
+
+    curve_rows: list[dict[str, Any]] = []
+    if spec.kind == "longlora_steps":
+        # Step 0 = Position Interpolation without fine-tuning, with full attention and with S2-Attn.
+        base = load_for_context(paths.base, target, dtype=ll.model.dtype).eval()
+        curve_rows.append({"step": 0, "ppl": ppl_eval.evaluate(base, tokens, target).ppl})
+        apply_attention(base, OmegaConf.to_container(ll.attention))
+        out[f"step0/ppl_s2@{target}"] = ppl_eval.evaluate(base, tokens, target).ppl
+        del base
+        callback = PeriodicPerplexity(int(spec.eval_every_n_steps), ppl_eval, tokens, target, curve_rows)
+        train_metrics = longlora.train(cfg, ctx, extra_callbacks=[callback])
+    else:
+        train_metrics = longlora.train(cfg, ctx)
+    out.update({k: train_metrics[k] for k in ("train/final_loss", "train/tokens_per_s", "train/trainable_params",
+                                              "train/peak_mem_mb", "train/steps")})
+    model = AutoModelForCausalLM.from_pretrained(paths.finetuned / "merged", attn_implementation="sdpa").eval()
+    for n in lengths:
+        out[f"ppl@{n}"] = ppl_eval.evaluate(model, tokens, n).ppl  # full attention at test time
+    if ablation == "longlora_attention" and ll.attention.pattern != "full":
+        apply_attention(model, OmegaConf.to_container(ll.attention))  # tested with its own pattern too
+        out[f"ppl_own@{target}"] = ppl_eval.evaluate(model, tokens, target).ppl
+        model.set_attn_implementation("sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
+    passkey = build_passkey_evaluator(tokenizer, eval_cfg).evaluate(model, [target])
+    out[f"passkey@{target}"] = passkey.accuracy[target]
+    if curve_rows:
+        if curve_rows[-1]["step"] != train_metrics["train/steps"]:
+            curve_rows.append({"step": train_metrics["train/steps"], "ppl": out[f"ppl@{target}"]})
+        write_csv(curve, curve_rows)
+    _copy(paths.metrics / "runs" / "train.json", run_info)
+    return out
+
+
+# --- SimCSE -----------------------------------------------------------------------------------------
+
+
+def _simcse(cfg: DictConfig, ctx: StageContext, spec: DictConfig, curve: Path, run_info: Path) -> dict[str, Any]:
+    from repro.workflows import simcse
+
+    run = spec.get("run", "unsup")
+    simcse.prepare(cfg, ctx)
+    train = simcse.train(cfg, ctx, run)
+    ev = simcse.evaluate(cfg, ctx, run)
+    paths = simcse.Paths.of(cfg, ctx, run)
+    _copy(paths.plots / f"train_{run}.csv", curve)
+    _copy(paths.metrics / "runs" / f"train_{run}.json", run_info)
+    out = {k: v for k, v in {**train, **ev}.items() if isinstance(v, (int, float)) and not (
+        isinstance(v, float) and math.isinf(v))}
+    return out

@@ -1,0 +1,218 @@
+"""The ablation report: variants collected from metric files, paper rows matched by config values,
+claims computed from the numbers, figures written as PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from repro.evaluation.references import get_table, lookup
+from repro.reports import ablations as A
+
+BASE = {
+    "run": {"profile": "tiny", "metrics_dir": "metrics", "plots_dir": "plots"},
+    "wandb": {"project_prefix": "repro", "entity": None},
+    "longlora": {"model": {"source": "tiny"}, "train": {"context_length": 512, "max_steps": 10},
+                 "attention": {"pattern": "s2", "shift": "heads", "wrap": False, "direction": "left"},
+                 "adapter": {"mode": "lora_plus", "r": 8, "trainable_extra": ["embed", "norm"]},
+                 "eval": {"lengths": [256, 512]}},
+    "simcse": {"encoder": {"source": "tiny", "dropout": 0.1, "pooler": "avg", "mlp_only_train": False},
+               "data": {"source": "synthetic"},
+               "train": {"mode": "unsup", "temperature": 0.05, "hard_negative_weight": 0.0, "fixed_dropout": False,
+                         "batch_size": 64, "max_steps": 10},
+               "runs": {"unsup": {}, "sup": {"mode": "sup"}}},
+}
+DROPOUT = {"ref": "SimCSE Table 3", "kind": "simcse", "paper_table": "table3_dropout", "variants": {
+    "p0": {"simcse": {"encoder": {"dropout": 0.0}}}, "p0_1": {},
+    "fixed_0_1": {"simcse": {"train": {"fixed_dropout": True}}}, "p0_5": {"simcse": {"encoder": {"dropout": 0.5}}}}}
+ATTENTION = {"ref": "LongLoRA Table 6", "kind": "longlora", "paper_table": None, "variants": {
+    "full": {"longlora": {"attention": {"pattern": "full"}}}, "short": {"longlora": {"attention": {"shift": "none"}}},
+    "s2_heads": {}}}
+
+
+def make_cfg(**ablations):
+    return OmegaConf.create({**BASE, "ablations": {"name": "", "variant": "", **ablations}})
+
+
+def write_variant(root: Path, ablation: str, variant: str, **metrics) -> None:
+    path = root / "metrics" / "ablations" / ablation / f"{variant}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    status = metrics.pop("status", "ok")
+    path.write_text(json.dumps({"status": status, "ablation": ablation, "variant": variant, **metrics}))
+
+
+def write_curve(root: Path, ablation: str, variant: str, rows: list[dict]) -> None:
+    path = root / "plots" / "ablations" / ablation / f"{variant}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(rows[0])
+    path.write_text("\n".join([",".join(keys), *(",".join(str(r[k]) for k in keys) for r in rows)]) + "\n")
+
+
+def table_row(page: str, variant: str) -> list[str]:
+    line = next(x for x in page.splitlines() if x.startswith(f"| {variant} |"))
+    return [c.strip() for c in line.strip("|").split(" | ")]
+
+
+def claim_verdicts(rows):
+    return [r[2] for r in rows]
+
+
+@pytest.fixture
+def dropout_root(tmp_path):
+    write_variant(tmp_path, "simcse_dropout", "p0", **{"train/best_stsb_dev": 40.0, "sts/avg": 35.0})
+    write_variant(tmp_path, "simcse_dropout", "p0_1", **{"train/best_stsb_dev": 55.0, "sts/avg": 50.0})
+    write_variant(tmp_path, "simcse_dropout", "fixed_0_1", status="failed", error="RuntimeError: out of memory | GPU0")
+    return tmp_path
+
+
+def test_collect_keeps_every_variant_in_config_order(dropout_root):
+    cfg = make_cfg(simcse_dropout=DROPOUT, longlora_attention=ATTENTION)
+    res = A.collect(dropout_root, cfg, "simcse_dropout")
+    assert [r.variant for r in res] == list(DROPOUT["variants"])
+    assert {r.variant: r.status for r in res} == {"p0": "ok", "p0_1": "ok", "fixed_0_1": "failed", "p0_5": "missing"}
+    assert res[2].error == "RuntimeError: out of memory | GPU0"
+    assert res[1].value("train/best_stsb_dev") == 55.0 and res[3].value("train/best_stsb_dev") is None
+    assert [r.status for r in A.collect(dropout_root, cfg, "longlora_attention")] == ["missing"] * 3
+    with pytest.raises(KeyError, match="nope"):
+        A.collect(dropout_root, cfg, "nope")
+
+
+def test_page_shows_failed_and_missing_variants(dropout_root):
+    cfg = make_cfg(simcse_dropout=DROPOUT, longlora_attention=ATTENTION)
+    page = A.build(cfg, dropout_root, dropout_root / "reports")
+    for variant in [*DROPOUT["variants"], *ATTENTION["variants"]]:
+        table_row(page, variant)  # every configured variant has a row
+    assert table_row(page, "p0_5")[2] == "missing"
+    assert table_row(page, "fixed_0_1")[2] == r"failed: RuntimeError: out of memory \| GPU0"
+    assert table_row(page, "p0_1")[3] == "55.00"
+    assert "## simcse_dropout" in page and "## longlora_attention" in page and "Profile **tiny**" in page
+
+
+def test_paper_value_follows_config_values_not_names(dropout_root):
+    misnamed = {**DROPOUT, "variants": {"looks_like_p0": {"simcse": {"train": {"fixed_dropout": True}}}}}
+    cfg = make_cfg(simcse_dropout=misnamed)
+    write_variant(dropout_root, "simcse_dropout", "looks_like_p0", **{"train/best_stsb_dev": 20.0})
+    expected = lookup("simcse", "table3_dropout", p=0.1, fixed_mask=True)["values"][0]
+    [res] = A.collect(dropout_root, cfg, "simcse_dropout")
+    assert A.paper_value("table3_dropout", res.config)[1] == expected
+    row = table_row(A.build(cfg, dropout_root, dropout_root / "reports"), "looks_like_p0")
+    assert row[5] == f"{expected:.1f}" and float(row[6]) == pytest.approx(20.0 - expected, abs=0.01)
+
+
+@pytest.mark.parametrize("diff, run, table, filters, column", [
+    ({"simcse": {"train": {"temperature": 0.1}}}, "unsup", "tableD1_temperature", {"tau": 0.1}, "stsb_dev"),
+    ({"simcse": {"encoder": {"pooler": "cls", "mlp_only_train": True}}}, "unsup", "table6_pooler",
+     {"pooler": "cls_with_mlp_train_only"}, "unsup"),
+    ({"simcse": {"encoder": {"pooler": "cls_before_pooler"}}}, "sup", "table6_pooler", {"pooler": "cls_without_mlp"}, "sup"),
+    ({"simcse": {"train": {"hard_negative_weight": -math.inf}}}, "sup", "table7_hard_negatives",
+     {"hard_negative": "none"}, "stsb_dev"),
+    ({"simcse": {"train": {"hard_negative_weight": math.log(2.0)}}}, "sup", "table7_hard_negatives",
+     {"hard_negative": "contradiction", "alpha": 2.0}, "stsb_dev"),
+])
+def test_paper_value_matching_rules(diff, run, table, filters, column):
+    vcfg = A.variant_config(make_cfg(), diff)
+    t = get_table("simcse", table)
+    expected = lookup("simcse", table, **filters)["values"][t["columns"].index(column)]
+    assert A.paper_value(table, vcfg, run)[1] == expected
+
+
+def test_hard_negatives_have_no_row_in_unsupervised_mode():
+    vcfg = A.variant_config(make_cfg(), {"simcse": {"train": {"hard_negative_weight": 0.0}}})
+    assert A.paper_value("table7_hard_negatives", vcfg, "unsup") is None
+    assert A.paper_value("table7_hard_negatives", vcfg, "sup")[1] == lookup(
+        "simcse", "table7_hard_negatives", hard_negative="contradiction", alpha=1.0)["values"][0]
+
+
+@pytest.mark.parametrize("devs", [{"p0": 40.0, "p0_1": 55.0, "fixed_0_1": 30.0, "p0_5": 50.0},
+                                  {"p0": 60.0, "p0_1": 55.0, "fixed_0_1": 50.0, "p0_5": 20.0}])
+def test_dropout_claims_both_directions(tmp_path, devs):
+    cfg = make_cfg(simcse_dropout=DROPOUT)
+    for v, d in devs.items():
+        write_variant(tmp_path, "simcse_dropout", v, **{"train/best_stsb_dev": d})
+    rows = A.claims("simcse_dropout", A.collect(tmp_path, cfg, "simcse_dropout"), cfg.ablations.simcse_dropout)
+    free = [devs[v] for v in ("p0", "p0_1", "p0_5")]
+    best = "held" if devs["p0_1"] == max(free) else "not held"
+    far = "held" if devs["p0_1"] - devs["fixed_0_1"] >= A.FAR_WORSE_POINTS else "not held"
+    assert claim_verdicts(rows) == [best, far]
+
+
+def test_claims_read_missing_when_an_input_is_missing(dropout_root):
+    cfg = make_cfg(simcse_dropout=DROPOUT, longlora_attention=ATTENTION)
+    rows = A.claims("simcse_dropout", A.collect(dropout_root, cfg, "simcse_dropout"), cfg.ablations.simcse_dropout)
+    assert claim_verdicts(rows) == ["missing", "missing"]  # p0_5 missing; fixed_0_1 failed
+    write_variant(dropout_root, "longlora_attention", "full", **{"ppl@512": 10.0})
+    rows = A.claims("longlora_attention", A.collect(dropout_root, cfg, "longlora_attention"), cfg.ablations.longlora_attention)
+    assert claim_verdicts(rows) == ["missing", "missing"]
+    assert "missing" in A.build(cfg, dropout_root, dropout_root / "r").split("longlora_attention")[-1]
+
+
+@pytest.mark.parametrize("ppl", [{"full": 10.0, "short": 14.0, "s2_heads": 10.3},
+                                 {"full": 10.0, "short": 9.0, "s2_heads": 12.0}])
+def test_attention_claims_both_directions(tmp_path, ppl):
+    cfg = make_cfg(longlora_attention=ATTENTION)
+    for v, p in ppl.items():
+        write_variant(tmp_path, "longlora_attention", v, **{"ppl@512": p, "ppl@256": p + 1})
+    rows = A.claims("longlora_attention", A.collect(tmp_path, cfg, "longlora_attention"), cfg.ablations.longlora_attention)
+    close = abs(ppl["s2_heads"] - ppl["full"]) / ppl["full"] <= 0.05
+    worse = ppl["short"] > ppl["s2_heads"]
+    assert claim_verdicts(rows) == ["held" if close else "not held", "held" if worse else "not held"]
+
+
+@pytest.mark.parametrize("last", [(5.0, 4.98), (5.0, 4.0), (30.0, 5.0)])
+def test_steps_claims_and_figure(tmp_path, last):
+    spec = {"ref": "LongLoRA Figure 5", "kind": "longlora_steps", "paper_table": None,
+            "variants": {"lora_plus": {}, "full_ft": {"longlora": {"adapter": {"mode": "full"}}}}}
+    cfg = make_cfg(longlora_steps=spec)
+    for v, end in zip(("lora_plus", "full_ft"), last):
+        write_variant(tmp_path, "longlora_steps", v, **{"ppl@512": end, "step0/ppl_s2@512": 25.0})
+        write_curve(tmp_path, "longlora_steps", v, [{"step": 0, "ppl": 20.0}, {"step": 5, "ppl": 12.0},
+                                                   {"step": 10, "ppl": end}])
+    rows = A.claims("longlora_steps", A.collect(tmp_path, cfg, "longlora_steps"), cfg.ablations.longlora_steps)
+    decreasing = all(end < 20.0 for end in last)
+    within = last[0] <= 1.01 * last[1]
+    assert claim_verdicts(rows) == ["held" if decreasing else "not held", "held" if within else "not held"]
+    page = A.build(cfg, tmp_path, tmp_path / "reports")
+    fig = tmp_path / "reports" / "figures" / "ablation_longlora_steps_ppl_vs_step.png"
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(figures/ablation_longlora_steps_ppl_vs_step.png)" in page
+
+
+def test_context_batch_and_pooler_claims(tmp_path):
+    ctx = {"ref": "LongLoRA Tables 3/4", "kind": "longlora", "paper_table": None,
+           "variants": {"ctx256": {"longlora": {"train": {"context_length": 256}}}, "ctx512": {}}}
+    batch = {"ref": "SimCSE Appendix A", "kind": "simcse", "paper_table": None,
+             "variants": {"b32": {"simcse": {"train": {"batch_size": 32}}}, "b64": {}}}
+    pooler = {"ref": "SimCSE Table 6", "kind": "simcse", "paper_table": "table6_pooler", "variants": {
+        "mlp_train_only": {"simcse": {"encoder": {"pooler": "cls", "mlp_only_train": True}}},
+        "first_last_avg": {"simcse": {"encoder": {"pooler": "avg_first_last"}}}}}
+    cfg = make_cfg(longlora_context=ctx, simcse_batch=batch, simcse_pooler=pooler)
+    write_variant(tmp_path, "longlora_context", "ctx256", **{"ppl@256": 9.0})
+    write_variant(tmp_path, "longlora_context", "ctx512", **{"ppl@256": 8.0, "ppl@512": 7.0})
+    write_variant(tmp_path, "simcse_batch", "b32", **{"train/best_stsb_dev": 50.0})
+    write_variant(tmp_path, "simcse_batch", "b64", **{"train/best_stsb_dev": 53.0})
+    write_variant(tmp_path, "simcse_pooler", "mlp_train_only", **{"train/best_stsb_dev": 50.0})
+    write_variant(tmp_path, "simcse_pooler", "first_last_avg", **{"train/best_stsb_dev": 52.0})
+    verdicts = {n: claim_verdicts(A.claims(n, A.collect(tmp_path, cfg, n), cfg.ablations[n]))
+                for n in ("longlora_context", "simcse_batch", "simcse_pooler")}
+    paper_best = max(get_table("simcse", "table6_pooler")["rows"], key=lambda r: r["values"][0])["pooler"]
+    assert verdicts == {"longlora_context": ["held"],  # 8.0 < 9.0 at 256, the longest common length
+                        "simcse_batch": ["not held"],  # spread 3 points
+                        "simcse_pooler": ["held" if paper_best == "first_last_avg" else "not held"]}
+
+
+def test_dropout_figures_are_png_and_referenced(dropout_root):
+    cfg = make_cfg(simcse_dropout=DROPOUT)
+    for v in ("p0", "p0_1"):
+        write_curve(dropout_root, "simcse_dropout", v, [
+            {"step": 0, "loss": 1.0, "lr": 1e-3, "stsb_dev_spearman": "", "align": "", "uniform": ""},
+            {"step": 5, "loss": 0.5, "lr": 1e-3, "stsb_dev_spearman": 30.0, "align": 0.4, "uniform": -2.0},
+            {"step": 10, "loss": 0.4, "lr": 1e-3, "stsb_dev_spearman": 35.0, "align": 0.5, "uniform": -2.6}])
+    page = A.build(cfg, dropout_root, dropout_root / "reports")
+    for name in ("align_uniform", "dev_vs_p"):
+        rel = f"figures/ablation_simcse_dropout_{name}.png"
+        assert f"({rel})" in page
+        assert (dropout_root / "reports" / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
