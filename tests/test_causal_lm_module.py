@@ -221,3 +221,19 @@ def test_bf16_mixed_training_on_gpu_logs_cuda_memory(tmp_path, blocks):
     rows = [r for r in logger.rows if "train/peak_mem_mb" in r]
     assert rows and all(r["train/peak_mem_is_cuda"] == 1.0 and r["train/peak_mem_mb"] > 0 for r in rows)
     assert all(np.isfinite(r["train/loss"]) for r in logger.rows if "train/loss" in r)
+
+
+def test_sampler_shards_the_stream_across_ranks_without_overlap():
+    from repro.lit.causal_lm import ResumableBlockSampler
+
+    def take(sampler, n):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    single = take(ResumableBlockSampler(10, seed=3, start=4), 12)
+    ranks = [take(ResumableBlockSampler(10, seed=3, start=4, rank=r, world_size=3), 4) for r in range(3)]
+    # rank r takes every 3rd element of the single-process stream, starting at its offset
+    for r in range(3):
+        assert ranks[r] == single[r::3]
+    with pytest.raises(ValueError, match="rank 3 outside world_size 3"):
+        ResumableBlockSampler(10, seed=3, rank=3, world_size=3)
