@@ -12,8 +12,8 @@ from repro.data.passkey_format import (
 from repro.data.synthetic import generate_documents
 from repro.data.tokenizer import TokenizerConfig, build_tokenizer
 
-STATEMENT = re.compile(r"(?<!remember , )the code of (\w+) is (\d+) \.")
-RECALL = re.compile(r"remember , the code of (\w+) is (\d+) \.")
+STATEMENT = re.compile(r"(?<!remember , )the code of ([a-z]+)(\d+) \.")
+RECALL = re.compile(r"remember , the code of ([a-z]+)(\d+) \.")
 KEY_LINE = re.compile(r"The pass key is (\d+)\. Remember it\. (\d+) is the pass key\.")
 
 
@@ -60,6 +60,25 @@ def test_fact_recalls_repeat_the_stated_code():
             assert stated[subject] == code
 
 
+def test_code_digits_are_distinct_within_a_document_so_each_has_one_successor(bpe):
+    """With <= 10 code digits per document, every digit occurs in one code only, and the token before
+    the first digit is the subject itself (no shared separator): the cue an induction head copies from."""
+    for doc in generate_documents(seed=9, num_docs=30, passkey_fraction=0.0, num_facts=5, code_digits=2):
+        digits = "".join(code for _, code in STATEMENT.findall(doc))
+        assert len(digits) == 10 and len(set(digits)) == 10
+        for m in STATEMENT.finditer(doc):
+            ids = bpe(doc[: m.end(2)], add_special_tokens=False)["input_ids"]
+            before = bpe.decode(ids[-3:-2]).strip()
+            assert before.isalpha() and m.group(1).endswith(before)  # the subject (its last piece) precedes
+            assert [bpe.decode([i]) for i in ids[-2:]] == list(m.group(2))  # one token per digit
+
+
+def test_half_of_the_fact_documents_are_copy_dense():
+    docs = list(generate_documents(seed=4, num_docs=400, passkey_fraction=0.0))
+    dense = [d for d in docs if "remember" in d and not re.search(r"the \w+ \w+ (stands|waits|rests|sleeps) \.", d)]
+    assert 0.4 < len(dense) / len(docs) < 0.6
+
+
 def test_vocabulary_is_small():
     words = {w for d in generate_documents(seed=1, num_docs=200) for w in re.findall(r"[A-Za-z]+", d)}
     assert len(words) < 80
@@ -70,7 +89,10 @@ def _token_index(offsets, char_pos: int) -> int:
 
 
 def test_recalls_reach_beyond_the_original_context_in_tokens(bpe):
-    """Distances from statement to recall, measured in BPE tokens, span past 128 but stay in 512."""
+    """Distances from statement to recall, measured in BPE tokens, span past 128 but stay in 512.
+
+    Half of the documents are copy-dense (no filler), so about a quarter of all recalls lie beyond 128.
+    """
     distances = []
     for doc in generate_documents(seed=11, num_docs=60, passkey_fraction=0.0):
         offsets = bpe(doc, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
@@ -79,7 +101,7 @@ def test_recalls_reach_beyond_the_original_context_in_tokens(bpe):
             distances.append(_token_index(offsets, m.start(2)) - _token_index(offsets, stated[m.group(1)]))
     assert min(distances) > 0
     far = [d for d in distances if d > 128]
-    assert len(far) / len(distances) > 0.4, "most recalls should need more than a 128-token window"
+    assert len(far) / len(distances) > 0.2, "many recalls should need more than a 128-token window"
     assert sum(d <= 128 for d in distances) > 0, "some recalls should stay inside the original window"
     assert max(distances) < 512
 

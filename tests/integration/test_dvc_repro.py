@@ -104,3 +104,28 @@ def test_changing_one_param_reruns_only_its_stages(repro_copy):
     assert "simcse_train@sup" in changed
     assert not {s for s in changed if s.startswith("longlora")}
     assert "simcse_train@unsup" not in changed
+
+
+def test_changing_one_ablation_variant_reruns_only_that_variant(repro_copy):
+    dest, env, _ = repro_copy
+    params = dest / "params.yaml"
+    cfg = OmegaConf.load(params)
+    cfg.ablations.simcse_temperature.variants.tau0_1.simcse.train.temperature = 0.2
+    params.write_text(OmegaConf.to_yaml(cfg))
+    changed = set(json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], dest, env).stdout))
+    ablation_stages = {s for s in changed if s.startswith("ablate_")}
+    assert ablation_stages == {"ablate_simcse_temperature@tau0_1"}, changed
+
+
+def test_ablation_report_lists_every_variant(repro_copy):
+    dest, _, _ = repro_copy
+    page = (dest / "reports/ablations.md").read_text()
+    cfg = OmegaConf.load(dest / "params.yaml")
+    for name, spec in cfg.ablations.items():
+        if name in ("name", "variant"):
+            continue
+        for variant in spec.variants:
+            assert variant in page, f"{name}/{variant} missing from reports/ablations.md"
+    for f in (dest / "metrics/ablations").rglob("*.json"):
+        if f.parent.name != "runs":
+            assert json.loads(f.read_text())["status"] == "ok", f

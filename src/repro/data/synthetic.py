@@ -46,6 +46,8 @@ FILLER_VERBS = ("stands", "waits", "rests", "sleeps")
 # Share of fact documents with filler; the others recall their facts right after stating them, which
 # keeps copy events dense enough for a tiny model to learn copying within a few hundred steps.
 LONG_FACT_FRACTION = 0.5
+# Bumped whenever the generated text changes, so caches built by an older generator are rebuilt.
+GENERATOR_VERSION = 2
 
 
 def fact_statement(subject: str, code: str) -> str:
@@ -101,9 +103,13 @@ def fact_document(
 
 
 def passkey_document(rng: random.Random, max_filler: int) -> str:
-    """A passkey prompt (random key, length and insertion point) completed by its key."""
+    """A passkey prompt (random key, length and insertion point) completed by its key.
+
+    With probability ``LONG_FACT_FRACTION`` the filler count is uniform in ``1..max_filler``, else 1.
+    """
     passkey = str(rng.randint(10000, 99999))
-    n_filler = rng.randint(1, max_filler)
+    # As for facts: half of the documents are short (one filler), so copying is learnt within 128 tokens.
+    n_filler = rng.randint(1, max_filler) if rng.random() < LONG_FACT_FRACTION else 1
     insert_at = rng.randint(0, n_filler)
     return f"{build_passkey_prompt(passkey, n_filler, insert_at)} {passkey}."
 
@@ -112,9 +118,9 @@ def generate_documents(
     seed: int,
     num_docs: int,
     passkey_fraction: float = 0.25,
-    num_facts: int = 5,
-    code_digits: int = 2,
-    filler_sentences: int = 70,
+    num_facts: int = 6,
+    code_digits: int = 5,
+    filler_sentences: int = 60,
     passkey_max_filler: int = 18,
 ) -> Iterator[str]:
     """Yield ``num_docs`` synthetic documents, fully determined by the arguments.
@@ -124,7 +130,7 @@ def generate_documents(
         num_docs: number of documents.
         passkey_fraction: probability that a document is a passkey document (else a fact document).
         num_facts: facts per fact document.
-        code_digits: digits per fact code.
+        code_digits: digits per fact code (the tiny profile uses 5 facts x 2 digits, so no digit repeats).
         filler_sentences: most filler sentences per fact document (~6 tokens each; drawn per document).
         passkey_max_filler: most filler repetitions in a passkey document (~25 tokens each).
 

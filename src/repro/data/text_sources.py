@@ -265,6 +265,10 @@ def source_identity(cfg: SourceConfig, base_dir: Optional[Path] = None) -> dict:
     ident = dataclasses.asdict(cfg)
     if cfg.kind == "local":
         ident["content_sha256"] = LocalSource(cfg, base_dir).content_digest()
+    elif cfg.kind == "synthetic":
+        from repro.data.synthetic import GENERATOR_VERSION
+
+        ident["generator_version"] = GENERATOR_VERSION
     return ident
 
 
