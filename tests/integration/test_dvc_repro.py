@@ -129,3 +129,19 @@ def test_ablation_report_lists_every_variant(repro_copy):
     for f in (dest / "metrics/ablations").rglob("*.json"):
         if f.parent.name != "runs":
             assert json.loads(f.read_text())["status"] == "ok", f
+
+
+def test_hydra_multirun_is_one_wandb_run_per_job_in_one_group(repro_copy):
+    dest, env, _ = repro_copy
+    before = set(find_offline_runs(dest / "wandb"))
+    _run([sys.executable, "-m", "pipeline.train", "-m", "experiment=longlora_tiny", "attention=full,s2",
+          "hydra.sweep.dir=multirun/attn", *SHRINK], dest, env)
+    jobs = sorted((dest / "multirun" / "attn").glob("[0-9]*"))
+    assert len(jobs) == 2
+    for job in jobs:
+        assert "finetuned/synthetic_heldout/ppl@512" in json.loads((job / "metrics/longlora/eval.json").read_text())
+    new = [read_offline_run(d) for d in set(find_offline_runs(dest / "wandb")) - before]
+    train_runs = [r for r in new if r["run"]["job_type"] == "train"]
+    assert len(train_runs) == 2
+    assert len({r["run"]["group"] for r in new}) == 1 and new[0]["run"]["group"].startswith("longlora_tiny")
+    assert {r["config"]["longlora"]["attention"]["pattern"] for r in train_runs} == {"full", "s2"}

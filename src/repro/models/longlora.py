@@ -357,7 +357,7 @@ def build_longlora_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, tar
     base = base_dir if base_dir is not None else model_cfg
     model = load_for_context(base, target_context, original_context=model_cfg.original_context,
                              vocab_size=vocab_size, dtype=model_cfg.dtype)
-    model = apply_adapter(model, adapter_cfg)
+    model = apply_adapter(model, adapter_cfg).train()  # from_pretrained returns eval mode
     set_attention(model, attention_cfg)
     if model_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)

@@ -44,6 +44,15 @@ class BaseTrainConfig:
     warmup_steps: int = 20
 
 
+def _data_identity(data: DictConfig) -> list[dict]:
+    """What the data is made of beyond its config: generator version, local files' content digests."""
+    from repro.data.lm_data import LMDataConfig
+    from repro.data.text_sources import source_identity
+
+    typed = to_dataclass(data, LMDataConfig)
+    return [source_identity(src) for src in (typed.train, *typed.eval_sets.values())]
+
+
 def _fingerprint(*parts: Any) -> str:
     blob = json.dumps([OmegaConf.to_container(p) if isinstance(p, DictConfig) else p for p in parts], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -82,7 +91,8 @@ class Paths:
     @classmethod
     def of(cls, cfg: DictConfig, ctx: StageContext) -> "Paths":
         ll = cfg.longlora
-        data_fp = _fingerprint(ll.data, ll.train.context_length, ll.model.source, ll.model.name_or_path)
+        data_fp = _fingerprint(ll.data, _data_identity(ll.data), ll.train.context_length, ll.model.source,
+                               ll.model.name_or_path)
         base_fp = _fingerprint(data_fp, ll.model, ll.base, cfg.seed)
         run_fp = _fingerprint(base_fp, ll.attention, ll.adapter, ll.train, cfg.seed)
         data = Path(cfg.run.data_dir) / "longlora"
