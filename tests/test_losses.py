@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from repro.losses import contrastive_logits, gather_with_grad, info_nce
 
@@ -82,3 +83,16 @@ def test_shape_mismatch_names_the_argument(embeddings):
         info_nce(z1, z2, hard_negatives=z2[:3])
     with pytest.raises(ValueError, match="z2"):
         info_nce(z1, z2[:, :2])
+
+
+def test_alpha_zero_removes_the_hard_negative_exactly():
+    """log α = -inf (α = 0) must equal InfoNCE with the anchor's own hard negative left out."""
+    torch.manual_seed(0)
+    z1, z2, z3 = (torch.randn(5, 8, requires_grad=True) for _ in range(3))
+    loss = info_nce(z1, z2, temperature=0.05, hard_negatives=z3, hard_negative_weight=float("-inf"))
+    sim = lambda a, b: F.cosine_similarity(a.unsqueeze(1), b.unsqueeze(0), dim=-1) / 0.05  # noqa: E731
+    logits = torch.cat([sim(z1, z2), sim(z1, z3).masked_fill(torch.eye(5, dtype=torch.bool), float("-inf"))], dim=1)
+    expected = F.cross_entropy(logits, torch.arange(5))
+    assert torch.isfinite(loss) and torch.allclose(loss, expected)
+    loss.backward()
+    assert all(torch.isfinite(t.grad).all() for t in (z1, z2, z3))

@@ -93,8 +93,10 @@ def contrastive_logits(
     _check_pair("hard_negatives", z1, hard_negatives)
     hard = _cosine_matrix(z1, hard_negatives) / temperature  # [N, N]
     if hard_negative_weight != 0.0:
-        eye = torch.eye(hard.shape[0], device=hard.device, dtype=hard.dtype)
-        hard = hard + hard_negative_weight * eye
+        # Only the diagonal moves; written as a masked add so that log α = -inf (α = 0, the
+        # 'no hard negative' row of Table 7) gives -inf there and not -inf·0 = NaN elsewhere.
+        diagonal = torch.eye(hard.shape[0], device=hard.device, dtype=torch.bool)
+        hard = hard + torch.where(diagonal, torch.full_like(hard, hard_negative_weight), torch.zeros_like(hard))
     return torch.cat([logits, hard], dim=1)  # [N, 2N]
 
 
