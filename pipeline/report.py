@@ -3,7 +3,6 @@
     python -m pipeline.report --params params.yaml
 """
 
-from pathlib import Path
 
 from omegaconf import DictConfig
 

@@ -93,14 +93,22 @@ def test_wandb_offline_runs_hold_what_was_logged(repro_copy):
     assert any("train/peak_mem_mb" in h for h in train["history"])
 
 
+def _changed_stages_with(cfg, dest: Path, env: dict) -> set[str]:
+    """Stages `dvc status` reports as changed with ``cfg`` as params.yaml (restored afterwards)."""
+    params = dest / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(OmegaConf.to_yaml(cfg))
+        return set(json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], dest, env).stdout))
+    finally:
+        params.write_text(original)
+
+
 def test_changing_one_param_reruns_only_its_stages(repro_copy):
     dest, env, _ = repro_copy
-    params = dest / "params.yaml"
-    cfg = OmegaConf.load(params)
-    cfg.simcse.runs.sup.temperature = 0.1  # one variant's config changes
-    params.write_text(OmegaConf.to_yaml(cfg))
-    status = _run([sys.executable, "-m", "dvc", "status", "--json"], dest, env)
-    changed = set(json.loads(status.stdout))
+    cfg = OmegaConf.load(dest / "params.yaml")
+    cfg.simcse.runs.sup.temperature = 0.1  # one run's config changes
+    changed = _changed_stages_with(cfg, dest, env)
     assert "simcse_train@sup" in changed
     assert not {s for s in changed if s.startswith("longlora")}
     assert "simcse_train@unsup" not in changed
@@ -108,11 +116,9 @@ def test_changing_one_param_reruns_only_its_stages(repro_copy):
 
 def test_changing_one_ablation_variant_reruns_only_that_variant(repro_copy):
     dest, env, _ = repro_copy
-    params = dest / "params.yaml"
-    cfg = OmegaConf.load(params)
+    cfg = OmegaConf.load(dest / "params.yaml")
     cfg.ablations.simcse_temperature.variants.tau0_1.simcse.train.temperature = 0.2
-    params.write_text(OmegaConf.to_yaml(cfg))
-    changed = set(json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], dest, env).stdout))
+    changed = _changed_stages_with(cfg, dest, env)
     ablation_stages = {s for s in changed if s.startswith("ablate_")}
     assert ablation_stages == {"ablate_simcse_temperature@tau0_1"}, changed
 

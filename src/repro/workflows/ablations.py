@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import ConfigError, validate
-from repro.tracking import record_run, write_csv, write_metrics
+from repro.tracking import write_csv, write_metrics
 
 log = logging.getLogger(__name__)
 KINDS = ("longlora", "longlora_steps", "simcse")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -210,6 +211,7 @@ def build_base(cfg: DictConfig, ctx: StageContext) -> Path:
     model.save_pretrained(paths.base)
     tokenizer.save_pretrained(paths.base)
     write_stamp(paths.base, paths.base_fp)
+    shutil.rmtree(paths.base_ckpt, ignore_errors=True)  # finished: a rerun pretrains afresh
     return paths.base
 
 
@@ -277,6 +279,9 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
         run.finish()
     save_trained(model, paths.finetuned / "adapter")
     export_merged(model, paths.finetuned / "merged", tokenizer)
+    # Checkpoints exist to survive a failure; once the outputs are saved they go, so that a rerun
+    # (e.g. after a code change) trains afresh instead of resuming a finished run.
+    shutil.rmtree(paths.ckpt, ignore_errors=True)
     write_metrics(paths.metrics / "train.json", metrics)
     if rows:
         write_csv(paths.plots / "train_loss.csv", [{"step": r["step"], "loss": r.get("loss", float("nan")),

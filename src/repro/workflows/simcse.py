@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,9 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     paths.model.mkdir(parents=True, exist_ok=True)
     torch.save(encoder.state_dict(), paths.model / "encoder.pt")
     export_hf(encoder, paths.model / "hf")
+    # Checkpoints exist to survive a failure; once the best encoder is saved they go, so that a
+    # rerun (e.g. after a code change) trains afresh instead of resuming a finished run.
+    shutil.rmtree(paths.ckpt, ignore_errors=True)
     write_metrics(paths.metrics / f"train_{run}.json", metrics)
     if recorder.rows:
         keys = ["step", "loss", "lr", "stsb_dev_spearman", "align", "uniform"]
