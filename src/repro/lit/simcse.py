@@ -21,7 +21,6 @@ one placeholder validation batch from the DataModule), so ModelCheckpoint sees t
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
+from repro.lit.causal_lm import peak_memory_mb
 from repro.losses import gather_with_grad, info_nce
 from repro.models.sentence_encoder import SentenceEncoder
 
@@ -168,13 +168,6 @@ class SimCSEDataModule(L.LightningDataModule):
         return DataLoader([0], batch_size=1)  # the dev evaluation itself runs in on_validation_epoch_end
 
 
-def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    """Peak memory: CUDA max allocated on a GPU, process max RSS (ru_maxrss, KiB on Linux) on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
-
-
 class SimCSEModule(L.LightningModule):
     """Contrastive training of a :class:`SentenceEncoder` (unsup or sup SimCSE).
 
@@ -196,7 +189,7 @@ class SimCSEModule(L.LightningModule):
         self.encoder = encoder
         self.cfg = cfg
         self.dev_eval = dev_eval
-        self.peak_mem_source = "process_max_rss"
+        self.peak_mem_source = "cpu_max_rss"
         self._step_start: float | None = None
         self.save_hyperparameters({"train": asdict(cfg), "encoder": asdict(encoder.cfg)})
 
@@ -231,7 +224,7 @@ class SimCSEModule(L.LightningModule):
         if self._step_start is not None:
             elapsed = time.perf_counter() - self._step_start
             self.log("train/sentences_per_s", batch["input_ids"].shape[0] / max(elapsed, 1e-9))
-        peak, self.peak_mem_source = _peak_memory_mb(self.device)
+        peak, self.peak_mem_source = peak_memory_mb(self.device)
         self.log("train/peak_mem_mb", peak)
         if self.trainer is not None and self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
