@@ -28,3 +28,34 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "MANIFEST.md").is_file():
         pytest.skip(f"shared data not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def make_tiny_llama():
+    """Factory for the tests' tiny random Llama (hidden 64, 2 layers, 4 heads, 2 KV heads), seeded."""
+
+    def build(vocab_size: int, max_positions: int):
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=max_positions)
+        return LlamaForCausalLM(config)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def make_wordpiece_dir(tmp_path_factory):
+    """Factory writing a BERT WordPiece tokenizer folder whose vocabulary is the given words."""
+
+    def build(words: list[str]) -> Path:
+        from transformers import BertTokenizerFast
+
+        folder = tmp_path_factory.mktemp("tok")
+        (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+        BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
+        return folder
+
+    return build

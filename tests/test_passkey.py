@@ -134,20 +134,8 @@ def test_accuracy_with_fake_model(word_tokenizer, answer, expected):
     assert res.metrics()["eval/passkey_acc@300"] == expected
 
 
-def test_tiny_model_end_to_end(word_tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(word_tokenizer),
-        max_position_embeddings=512,
-    )
-    model = LlamaForCausalLM(config).train()
+def test_tiny_model_end_to_end(word_tokenizer, make_tiny_llama):
+    model = make_tiny_llama(len(word_tokenizer), 512).train()
     cfg = LMEvalConfig(passkey_trials=3, passkey_max_new_tokens=6)
     res = PasskeyEvaluator(word_tokenizer, cfg).evaluate(model, lengths=[128, 256])
     assert set(res.accuracy) == {128, 256}

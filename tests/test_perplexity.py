@@ -28,20 +28,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval()
+def tiny_llama(make_tiny_llama):
+    return make_tiny_llama(VOCAB, 256).eval()
 
 
 @pytest.fixture(scope="module")

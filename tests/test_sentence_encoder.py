@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, BertTokenizerFast
+from transformers import AutoModel
 
 from repro.models.sentence_encoder import (
     EncoderConfig,
@@ -27,11 +27,8 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tok")
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
-    return folder
+def tokenizer_dir(make_wordpiece_dir) -> Path:
+    return make_wordpiece_dir(WORDS)
 
 
 def _tiny(tokenizer_dir, **overrides):

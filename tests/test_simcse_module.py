@@ -7,7 +7,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from transformers import BertTokenizerFast
 
 from repro.lit.simcse import (
     SimCSECollator,
@@ -24,11 +23,8 @@ WORDS = "the a cat dog sat on mat ran quickly slowly big small red blue house tr
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tok")
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
-    return folder
+def tokenizer_dir(make_wordpiece_dir) -> Path:
+    return make_wordpiece_dir(WORDS)
 
 
 def _sentences(count: int, seed: int = 0) -> list[str]:

@@ -128,7 +128,7 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
     from repro.evaluation.passkey import build_passkey_evaluator
     from repro.evaluation.perplexity import LMEvalConfig, build_perplexity_evaluator
     from repro.lit.history import PeriodicPerplexity
-    from repro.models.attention.registry import apply_attention
+    from repro.models.attention.registry import apply_attention, use_full_attention
     from repro.models.longlora import load_for_context
     from repro.config import to_dataclass
     from repro.workflows import longlora
@@ -165,7 +165,7 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
     if ablation == "longlora_attention" and ll.attention.pattern != "full":
         apply_attention(model, OmegaConf.to_container(ll.attention))  # tested with its own pattern too
         out[f"ppl_own@{target}"] = ppl_eval.evaluate(model, tokens, target).ppl
-        model.set_attn_implementation("sdpa")
+        use_full_attention(model)
     tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
     passkey = build_passkey_evaluator(tokenizer, eval_cfg).evaluate(model, [target])
     out[f"passkey@{target}"] = passkey.accuracy[target]
