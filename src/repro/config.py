@@ -33,6 +33,9 @@ class RunConfig:
     cache_dir: str = ".cache/repro"
     accelerator: str = "auto"
     devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    dry_run: bool = False
     num_threads: int = 0
 
 
