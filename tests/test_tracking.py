@@ -32,7 +32,8 @@ def test_mode_is_offline_without_credentials(monkeypatch, tmp_path):
     assert tracking.wandb_mode() == "disabled"
 
 
-def test_offline_run_reads_back_what_was_logged(monkeypatch, tmp_path):
+@pytest.mark.parametrize("attempt", range(20))
+def test_offline_run_reads_back_what_was_logged(monkeypatch, tmp_path, attempt):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = _cfg(tmp_path)
     run = tracking.init_run(cfg, "longlora", "train", "longlora-train-tiny", "grp")
@@ -51,7 +52,83 @@ def test_offline_run_reads_back_what_was_logged(monkeypatch, tmp_path):
     assert back["summary"]["eval/ppl@512"] == 3.5
     assert back["config"]["longlora"]["train"]["max_steps"] == 7
     assert info["id"] == back["run"]["run_id"] and info["url"] is None
+    assert back["complete"]
     assert "wandb sync" in tracking.run_link(info)
+
+
+def _finished_run_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tracking.init_run(_cfg(tmp_path), "longlora", "train", "late-writer", "grp")
+    run.log({"train/loss": 1.0}, step=0)
+    run.finish()
+    folder = tracking.find_offline_runs(tmp_path / "wandb")[0]
+    return folder, sorted(folder.glob("run-*.wandb"))[0]
+
+
+def test_reader_waits_for_a_writer_that_has_not_flushed(monkeypatch, tmp_path):
+    """A file still being written (header only, then a torn record) is re-read until the exit record lands."""
+    import threading
+
+    folder, path = _finished_run_file(monkeypatch, tmp_path)
+    full = path.read_bytes()
+    path.write_bytes(full[: len(full) // 3])  # as W&B's writer leaves it mid-flush: a torn record
+    partial = tracking.read_offline_run(folder, wait_s=0.0)
+    assert not partial["complete"]
+    timer = threading.Timer(0.5, path.write_bytes, args=(full,))
+    timer.start()
+    back = tracking.read_offline_run(folder, wait_s=20.0)
+    timer.join()
+    assert back["complete"] and back["run"]["name"] == "late-writer"
+    assert [h["train/loss"] for h in back["history"]] == [1.0]
+
+
+def test_unreachable_server_falls_back_to_offline(monkeypatch, caplog):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    with caplog.at_level("WARNING", logger="repro"):
+        assert tracking.resolve_mode(timeout_s=1.0) == "offline"
+    assert len([r for r in caplog.records if "unreachable" in r.message]) == 1
+    with socket.socket() as server:  # and a reachable one stays online
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert tracking.resolve_mode(timeout_s=1.0) == "online"
+
+
+def test_only_global_rank_zero_tracks_and_writes(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("RANK", "1")
+    assert not tracking.is_global_zero()
+    run = tracking.init_run(_cfg(tmp_path), "longlora", "train", "rank1", "grp")
+    run.log({"train/loss": 1.0})
+    run.finish()
+    tracking.write_metrics(tmp_path / "m.json", {"a": 1})
+    assert not (tmp_path / "m.json").exists() and not tracking.find_offline_runs(tmp_path / "wandb")
+    monkeypatch.setenv("RANK", "0")
+    assert tracking.is_global_zero()
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert not tracking.is_global_zero()
+
+
+def test_resumed_stage_continues_the_same_run(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_id = tracking.stable_run_id("longlora", "train", "fingerprint-abc")
+    assert run_id == tracking.stable_run_id("longlora", "train", "fingerprint-abc")
+    assert run_id != tracking.stable_run_id("longlora", "train", "fingerprint-abd")
+    for attempt in range(2):
+        run = tracking.init_run(_cfg(tmp_path), "longlora", "train", "resumable", "grp", run_id=run_id)
+        run.log({"train/loss": float(attempt)})
+        run.finish()
+    ids = {tracking.read_offline_run(f)["run"]["run_id"] for f in tracking.find_offline_runs(tmp_path / "wandb")}
+    assert ids == {run_id}
 
 
 def test_read_offline_run_rejects_other_files(tmp_path):

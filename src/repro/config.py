@@ -47,6 +47,7 @@ class WandbConfig:
     entity: str | None = None
     group: str | None = None
     dir: str = "."
+    init_timeout_s: float = 5.0
 
 
 # dotted key -> "module:Class" of the dataclass that the code consuming it expects.

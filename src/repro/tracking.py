@@ -11,7 +11,9 @@ Conventions (shared by every stage):
 from __future__ import annotations
 
 import json
+import logging
 import netrc
+import time
 import os
 import re
 import struct
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("repro")
 
 
 def wandb_mode() -> str:
@@ -60,6 +64,46 @@ def project_name(cfg: DictConfig, paper: str) -> str:
     return f"{cfg.wandb.project_prefix}-{paper}"
 
 
+def _reachable(base_url: str, timeout_s: float) -> bool:
+    """Whether a TCP connection to the W&B server opens within ``timeout_s`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(base_url if "//" in base_url else f"https://{base_url}")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_mode(timeout_s: float = 5.0) -> str:
+    """:func:`wandb_mode`, falling back to ``offline`` when ``online`` but the server is unreachable.
+
+    W&B's own ``init_timeout`` is 90 s, after which the stage fails without writing anything. Here a
+    plain TCP connect decides within ``timeout_s`` (``wandb.init_timeout_s``) and one warning line says
+    that the run is kept offline for a later ``wandb sync``.
+    """
+    mode = wandb_mode()
+    if mode != "online":
+        return mode
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    if _reachable(base, timeout_s):
+        return "online"
+    log.warning("W&B server %s unreachable within %.0f s: logging offline (upload later with `wandb sync`)",
+                base, timeout_s)
+    return "offline"
+
+
+def stable_run_id(*parts: Any) -> str:
+    """A W&B run id derived from ``parts`` (e.g. a checkpoint fingerprint), so a resumed stage
+    continues the same run (``resume="allow"``) instead of leaving a crashed partial run beside a new one."""
+    import hashlib
+
+    return hashlib.sha256("/".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
 def init_run(
     cfg: DictConfig,
     paper: str,
@@ -67,6 +111,7 @@ def init_run(
     name: str,
     group: str,
     save_dir: str | Path | None = None,
+    run_id: str | None = None,
 ):
     """Start a W&B run with the composed config attached.
 
@@ -77,10 +122,16 @@ def init_run(
         name: from :func:`make_run_name`.
         group: experiment or sweep name.
         save_dir: where the ``wandb/`` folder goes (default: ``cfg.wandb.dir``).
+        run_id: a stable id (:func:`stable_run_id`); with it the run is resumed when it already exists.
+
+    Only the global rank zero logs: on other ranks this returns a disabled run, so an 8-GPU job
+    makes one W&B run, not eight.
     """
     import wandb
 
-    mode = wandb_mode()
+    mode = resolve_mode(float(cfg.wandb.get("init_timeout_s", 5.0)))
+    if not is_global_zero():
+        mode = "disabled"
     save_dir = Path(save_dir or cfg.wandb.dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -90,6 +141,8 @@ def init_run(
         group=group,
         job_type=job_type,
         name=name,
+        id=run_id,
+        resume="allow" if run_id else None,
         config=OmegaConf.to_container(cfg, resolve=True),
         dir=str(save_dir),
         mode=mode,
@@ -99,8 +152,32 @@ def init_run(
     )
 
 
+def is_global_zero() -> bool:
+    """Whether this process is the global rank zero (or not distributed at all).
+
+    Reads the launcher's environment (``RANK``, set by torchrun, Lightning and SLURM launches), so it
+    answers before a process group exists.
+    """
+    if os.environ.get("RANK", "") != "":
+        return int(os.environ["RANK"]) == 0
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank() == 0
+    except ImportError:  # pragma: no cover
+        pass
+    if os.environ.get("SLURM_PROCID", "") != "" and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ["SLURM_PROCID"]) == 0
+    if os.environ.get("LOCAL_RANK", "") != "":  # Lightning's launcher sets these for ranks > 0
+        return int(os.environ["LOCAL_RANK"]) == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0
+    return True
+
+
 def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> None:
-    """Write a flat metrics JSON atomically (what DVC's ``metrics:`` tracks)."""
+    """Write a flat metrics JSON atomically (what DVC's ``metrics:`` tracks); global rank zero only."""
+    if not is_global_zero():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -109,9 +186,11 @@ def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> None:
 
 
 def write_csv(path: str | Path, rows: list[Mapping[str, Any]]) -> None:
-    """Write rows (same keys) as CSV for ``dvc plots``; atomic."""
+    """Write rows (same keys) as CSV for ``dvc plots``; atomic; global rank zero only."""
     import csv
 
+    if not is_global_zero():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not rows:
@@ -134,11 +213,14 @@ def _records(path: Path) -> Iterator[Any]:
     """Yield the protobuf records of a ``run-<id>.wandb`` file (a LevelDB-style log).
 
     Layout: a 7-byte file header (``:W&B``, magic 0xBEE1, version), then 32 KiB blocks of records, each
-    with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last).
+    with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last). A record torn by a
+    writer that has not flushed yet (its length runs past the end of the file) ends the stream.
     """
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = path.read_bytes()
+    if len(data) < _HEADER:
+        return
     ident, magic, _version = struct.unpack("<4sHB", data[:_HEADER])
     if ident != b":W&B" or magic != 0xBEE1:
         raise ValueError(f"{path} is not a W&B run file")
@@ -150,6 +232,8 @@ def _records(path: Path) -> Iterator[Any]:
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
         if kind == 0 and length == 0:
+            break
+        if pos + _HEADER + length > len(data):  # torn tail: not written yet
             break
         chunk = data[pos + _HEADER : pos + _HEADER + length]
         pos += _HEADER + length
@@ -164,17 +248,28 @@ def _items(items) -> dict[str, Any]:
     return {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
 
 
-def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
-    """Read an offline run folder back: ``{"config", "history", "summary", "run"}``.
+def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any]:
+    """Read an offline run folder back: ``{"config", "history", "summary", "run", "complete"}``.
 
-    ``run`` holds project, group, job_type and name as recorded.
+    ``run`` holds project, group, job_type and name as recorded. W&B's writer process may still be
+    flushing the file after ``run.finish()`` returns (more so on a loaded machine), so this re-reads the
+    file until it holds the run's ``exit`` record, for at most ``wait_s`` seconds; ``complete`` says
+    whether it did (a crashed run never writes one). A resumed run writes one file per attempt: all are
+    read, in order.
     """
     run_dir = Path(run_dir)
     files = sorted(run_dir.glob("run-*.wandb"))
     if not files:
         raise FileNotFoundError(f"no run-*.wandb file in {run_dir}")
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = [r for f in files for r in _records(f)]
+        complete = any(r.WhichOneof("record_type") == "exit" for r in records)
+        if complete or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
     history, config, summary, run = [], {}, {}, {}
-    for record in _records(files[0]):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append(_items(record.history.item))
@@ -191,7 +286,7 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
             config.update(_items(record.config.update))
         elif kind == "summary":
             summary.update(_items(record.summary.update))
-    return {"config": config, "history": history, "summary": summary, "run": run}
+    return {"config": config, "history": history, "summary": summary, "run": run, "complete": complete}
 
 
 def find_offline_runs(wandb_dir: str | Path) -> list[Path]:
