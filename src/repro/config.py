@@ -36,6 +36,7 @@ class RunConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     dry_run: bool = False
+    ckpt_keep_days: float = 7.0
     num_threads: int = 0
 
 

@@ -36,8 +36,11 @@ class TrainConfig:
     Attributes:
         context_length: Target context (tokens per block): 8192 and up in the paper, e.g. 512 on the tiny profile.
         max_steps: Optimizer steps (paper: 1000).
-        batch_size: Blocks per micro-batch (paper: 1 per GPU).
-        grad_accum: Micro-batches per optimizer step (paper: 8).
+        global_batch_size: Blocks per optimizer step over all devices, as the paper states it (§4.1: 64 =
+            1 per device × 8 accumulation × 8 GPUs). 0 means ``batch_size × grad_accum × world size``.
+        batch_size: Blocks per micro-batch on each device (paper: 1).
+        grad_accum: Micro-batches per optimizer step on each device. Derived from ``global_batch_size`` by
+            :func:`resolve_batch` (leave it 0 in configs); only set directly when ``global_batch_size`` is 0.
         lr: Peak learning rate (paper §4.1: 2e-5 for 7B/13B, 1e-5 for 70B).
         weight_decay: AdamW weight decay (paper: 0).
         warmup_steps: Linear warm-up steps before the constant rate (paper: 20).
@@ -51,8 +54,9 @@ class TrainConfig:
 
     context_length: int = 512
     max_steps: int = 1000
+    global_batch_size: int = 0
     batch_size: int = 1
-    grad_accum: int = 8
+    grad_accum: int = 0
     lr: float = 2e-5
     weight_decay: float = 0.0
     warmup_steps: int = 20
@@ -62,6 +66,34 @@ class TrainConfig:
     log_every_n_steps: int = 1
     ckpt_every_n_steps: int = 100
     num_workers: int = 0
+
+
+def resolve_batch(train_cfg: TrainConfig, world_size: int, prefix: str = "longlora.train") -> TrainConfig:
+    """``train_cfg`` with ``grad_accum`` derived from the global batch over ``world_size`` devices.
+
+    Raises:
+        repro.scale.BatchSplitError: naming ``<prefix>.global_batch_size`` and ``<prefix>.batch_size`` when the
+            global batch does not divide over devices × nodes × micro batch, or when an explicit ``grad_accum``
+            disagrees with it.
+    """
+    from dataclasses import replace
+
+    from repro.scale import BatchSplitError, split_global_batch
+
+    if train_cfg.global_batch_size <= 0:
+        return replace(train_cfg, grad_accum=max(1, train_cfg.grad_accum))
+    split = split_global_batch(train_cfg.global_batch_size, world_size, key=f"{prefix}.global_batch_size",
+                               micro_batch=train_cfg.batch_size, micro_key=f"{prefix}.batch_size")
+    if train_cfg.grad_accum and train_cfg.grad_accum != split.accumulation:
+        raise BatchSplitError(
+            f"{prefix}.grad_accum={train_cfg.grad_accum} contradicts {prefix}.global_batch_size="
+            f"{train_cfg.global_batch_size} over {world_size} device(s) × {prefix}.batch_size={train_cfg.batch_size} "
+            f"(= accumulation {split.accumulation}); leave grad_accum at 0 to derive it")
+    return replace(train_cfg, grad_accum=split.accumulation)
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss or gradient norm; the message names the step and the value."""
 
 
 def warmup_constant_lambda(warmup_steps: int) -> Callable[[int], float]:
@@ -113,9 +145,19 @@ class CausalLMModule(L.LightningModule):
         self._interval_tokens = 0
         self._interval_start: float | None = None
         self._interval_first_step = 0
+        self._step_loss_sum: torch.Tensor | None = None
+        self._step_micro = 0
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
-        return self.model(input_ids=input_ids, labels=labels)
+        # use_cache=False: a training forward must not build a KV cache (the reference sets it off too).
+        return self.model(input_ids=input_ids, labels=labels, use_cache=False)
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (so every rank stops together instead of hanging in a collective)."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or trainer.world_size == 1:
+            return flag
+        return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         input_ids = batch["input_ids"]  # (B, T)
@@ -124,10 +166,27 @@ class CausalLMModule(L.LightningModule):
             self._interval_start = time.perf_counter()
             self._interval_first_step = self.global_step
         loss = self(input_ids, labels).loss
+        if self._any_rank(not bool(torch.isfinite(loss.detach()))):
+            raise DivergenceError(f"non-finite training loss {float(loss.detach())} at step {self.global_step + 1} "
+                                  "(divergence guard); the last finite checkpoint is kept")
         self._interval_tokens += input_ids.numel()
-        self.log("train/loss", loss.detach(), on_step=True, prog_bar=False, batch_size=input_ids.shape[0])
+        detached = loss.detach().float()
+        self._step_loss_sum = detached if self._step_loss_sum is None else self._step_loss_sum + detached
+        self._step_micro += 1
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=input_ids.shape[0])
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) \
+            if grads else torch.zeros(())
+        if self._any_rank(not bool(torch.isfinite(norm))):
+            raise DivergenceError(f"non-finite gradient norm {float(norm)} at step {self.global_step + 1} "
+                                  "(divergence guard); the last finite checkpoint is kept")
+        # train/loss is the mean over the whole global batch: every micro-batch of every rank.
+        mean = self._step_loss_sum / max(self._step_micro, 1)
+        self.log("train/loss", mean, on_step=True, prog_bar=True, sync_dist=True, reduce_fx="mean")
+        self._step_loss_sum, self._step_micro = None, 0
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.global_step  # already incremented when this micro-batch finished an optimizer step
@@ -224,7 +283,7 @@ class PackedBlocksDataModule(L.LightningDataModule):
         """Blocks already used by completed optimizer steps (0 without a trainer)."""
         trainer = getattr(self, "trainer", None)
         step, world = (trainer.global_step, trainer.world_size) if trainer is not None else (0, 1)
-        return step * self.train_cfg.batch_size * self.train_cfg.grad_accum * world
+        return step * self.train_cfg.batch_size * max(self.train_cfg.grad_accum, 1) * world
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
@@ -241,10 +300,85 @@ class PackedBlocksDataModule(L.LightningDataModule):
         )
 
 
+def checkpoint_is_intact(path: str | Path) -> bool:
+    """Whether a Lightning checkpoint file reads back whole: every entry of torch's zip archive passes its CRC."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
+
+
 def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """``last.ckpt`` in ``ckpt_dir`` if a previous run left one, else ``None``."""
-    last = Path(ckpt_dir) / "last.ckpt"
-    return last if last.is_file() else None
+    """The newest intact checkpoint in ``ckpt_dir`` (``last.ckpt`` first, then ``step*.ckpt``), else ``None``.
+
+    A truncated or corrupt file (a kill during the write, a full disk) is reported with its path and skipped,
+    so the run falls back to the newest checkpoint that loads, or starts fresh, and says which.
+    """
+    import logging
+
+    log = logging.getLogger("repro")
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return None
+    candidates = [folder / "last.ckpt"] if (folder / "last.ckpt").is_file() else []
+    candidates += sorted(folder.glob("step*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        if checkpoint_is_intact(path):
+            if path.name != "last.ckpt" and candidates[0].name == "last.ckpt":
+                log.warning("resuming from %s instead", path)
+            return path
+        log.warning("checkpoint %s is corrupt or truncated; skipping it", path)
+    if candidates:
+        log.warning("no intact checkpoint in %s: training starts fresh", folder)
+    return None
+
+
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_stage_2", "deepspeed_stage_3")
+
+
+def resolve_strategy(name: str, adapter_mode: str, world_size: int) -> str:
+    """``run.strategy`` with ``auto`` resolved as the reference chooses: one device needs none; LoRA/LoRA+
+    replicate the (frozen) model with DDP (the reference's ZeRO-2 runs keep full weights on every GPU); full
+    fine-tuning shards parameters, gradients and optimizer state with FSDP (the reference's ZeRO-3 config).
+    """
+    if name != "auto":
+        return name
+    if world_size <= 1:
+        return "auto"
+    return "fsdp" if adapter_mode == "full" else "ddp"
+
+
+def build_strategy(name: str, layer_cls: tuple[type, ...] = ()) -> Any:
+    """The Lightning strategy for ``run.strategy``.
+
+    ``ddp`` replicates the model (LoRA/LoRA+, as the reference's ZeRO-2 runs); ``fsdp`` shards parameters,
+    gradients and optimizer state per decoder layer (full fine-tuning of 7B, as the reference's ZeRO-3 config);
+    ``deepspeed_stage_2``/``_3`` are DeepSpeed's ZeRO (the optional ``deepspeed`` extra).
+
+    Raises:
+        ValueError: naming ``run.strategy`` for an unknown name, or when deepspeed is not installed.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"run.strategy={name!r}; expected one of {STRATEGIES}")
+    if name == "auto":
+        return "auto"
+    if name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=False)
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy(auto_wrap_policy=set(layer_cls) or None, state_dict_type="full",
+                            sharding_strategy="FULL_SHARD", use_orig_params=True)
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(f"run.strategy={name} needs DeepSpeed: pip install -e '.[deepspeed]'")
+    return name
 
 
 def build_trainer(
@@ -254,13 +388,19 @@ def build_trainer(
     callbacks: list[Any] | None = None,
     accelerator: str = "auto",
     devices: int = 1,
+    strategy: Any = "auto",
+    num_nodes: int = 1,
+    progress: bool = True,
 ) -> L.Trainer:
     """A Trainer for ``train_cfg`` that checkpoints every ``ckpt_every_n_steps`` and always refreshes ``last.ckpt``.
 
-    Use it with :func:`fit_resumable` so a rerun continues from ``last.ckpt`` after a crash.
+    ``train_cfg.grad_accum`` must already be resolved (:func:`resolve_batch`). Use it with :func:`fit_resumable`
+    so a rerun continues from the newest intact checkpoint after a crash.
     """
     if train_cfg.precision not in _PRECISIONS:
         raise ValueError(f"longlora.train.precision={train_cfg.precision!r}; expected one of {_PRECISIONS}")
+    if train_cfg.grad_accum < 1:
+        train_cfg = resolve_batch(train_cfg, devices * num_nodes)
     L.seed_everything(train_cfg.seed, workers=True, verbose=False)
     checkpoint = ModelCheckpoint(
         dirpath=str(ckpt_dir),
@@ -280,7 +420,9 @@ def build_trainer(
         logger=loggers,
         accelerator=accelerator,
         devices=devices,
-        enable_progress_bar=False,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
@@ -292,7 +434,7 @@ def build_trainer(
 def fit_resumable(
     trainer: L.Trainer, module: CausalLMModule, datamodule: PackedBlocksDataModule, ckpt_dir: str | Path
 ) -> Path | None:
-    """Fit, resuming from ``ckpt_dir/last.ckpt`` when present; returns the checkpoint resumed from."""
+    """Fit, resuming from the newest intact checkpoint in ``ckpt_dir``; returns the checkpoint resumed from."""
     resume = find_resume_checkpoint(ckpt_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     return resume

@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import to_dataclass
-from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
+from repro.provenance import code_version, prune_stale_checkpoints
+from repro.tracking import init_run, make_run_name, record_run, stable_run_id, write_csv, write_metrics
 
 log = logging.getLogger(__name__)
 PAPER = "longlora"
@@ -95,7 +96,8 @@ class Paths:
         data_fp = _fingerprint(ll.data, _data_identity(ll.data), ll.train.context_length, ll.model.source,
                                ll.model.name_or_path)
         base_fp = _fingerprint(data_fp, ll.model, ll.base, cfg.seed)
-        run_fp = _fingerprint(base_fp, ll.attention, ll.adapter, ll.train, cfg.seed)
+        run_fp = _fingerprint(base_fp, ll.attention, ll.adapter, ll.train, cfg.seed, code_version(),
+                              int(cfg.run.devices) * int(cfg.run.num_nodes))
         data = Path(cfg.run.data_dir) / "longlora"
         base = Path(cfg.run.model_dir) / "longlora" / "base"
         if ctx.sweep:
@@ -110,7 +112,8 @@ class Paths:
             data_fp=data_fp,
             base_fp=base_fp,
             finetuned=out / cfg.run.model_dir / "longlora" / "finetuned",
-            base_ckpt=Path(cfg.run.model_dir if not ctx.sweep else ctx.cache_root) / "longlora-checkpoints" / f"base-{base_fp}",
+            base_ckpt=Path(cfg.run.model_dir if not ctx.sweep else ctx.cache_root) / "longlora-checkpoints"
+            / f"base-{_fingerprint(base_fp, code_version())}",
             # Checkpoints are keyed by the run's config: a rerun of the same config resumes, a changed
             # config starts afresh instead of resuming someone else's optimizer state.
             ckpt=out / cfg.run.model_dir / "longlora-checkpoints" / f"finetune-{run_fp}",
@@ -218,6 +221,11 @@ def build_base(cfg: DictConfig, ctx: StageContext) -> Path:
 # --- fine-tune ------------------------------------------------------------------------------------
 
 
+def _decoder_layer_classes(model: torch.nn.Module) -> tuple[type, ...]:
+    """The decoder-layer classes of a model: FSDP's wrapping unit (one shard group per layer)."""
+    return tuple({type(m) for m in model.modules() if type(m).__name__.endswith("DecoderLayer")})
+
+
 def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = None) -> dict[str, Any]:
     """Fine-tune the base model at the target context (LongLoRA §3, §4.1) and save adapter + merged model.
 
@@ -235,19 +243,25 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
         trainable_parameter_names,
     )
 
+    from repro.lit.causal_lm import DivergenceError, build_strategy, resolve_batch, resolve_strategy
+    from repro.precision import merge_in_fp32, torch_dtype, upcast_trainable
+
     ll = cfg.longlora
     paths = Paths.of(cfg, ctx)
     model_cfg = to_dataclass(ll.model, ModelConfig)
     adapter_cfg = to_dataclass(ll.adapter, AdapterConfig)
     attn_cfg = to_dataclass(ll.attention, S2AttnConfig)
-    train_cfg = to_dataclass(ll.train, TrainConfig)
+    world = int(cfg.run.devices) * int(cfg.run.num_nodes)
+    train_cfg = resolve_batch(to_dataclass(ll.train, TrainConfig), world)
     tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
     model = build_longlora_model(model_cfg, adapter_cfg, train_cfg.context_length, base_dir=paths.base,
                                  attention_cfg=attn_cfg)
+    prune_stale_checkpoints(paths.ckpt.parent, paths.ckpt, float(cfg.run.ckpt_keep_days))
+    upcast_trainable(model)  # fp32 master weights for what trains; the frozen base stays in model.dtype
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     name = make_run_name(PAPER, "train", cfg.run.profile, _run_tags(cfg))
-    run = init_run(cfg, PAPER, "train", name, ctx.group)
+    run = init_run(cfg, PAPER, "train", name, ctx.group, run_id=stable_run_id(PAPER, "train", paths.ckpt.name))
     recorder = HistoryRecorder(("train/loss", "train/lr", "train/tokens_per_s", "train/peak_mem_mb"))
     start = time.perf_counter()
     try:
@@ -255,8 +269,19 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
         module = CausalLMModule(model, train_cfg, config_dicts)
         datamodule = PackedBlocksDataModule(train_cfg, path=paths.data / "train.npy", loader=PackedBlocks)
         trainer = build_trainer(train_cfg, paths.ckpt, loggers=[WandbLogger(experiment=run)], callbacks=[recorder, *(extra_callbacks or [])],
-                                accelerator=cfg.run.accelerator, devices=cfg.run.devices)
-        resumed = fit_resumable(trainer, module, datamodule, paths.ckpt)
+                                accelerator=cfg.run.accelerator, devices=int(cfg.run.devices),
+                                num_nodes=int(cfg.run.num_nodes),
+                                strategy=build_strategy(resolve_strategy(str(cfg.run.strategy), adapter_cfg.mode, world),
+                                                        _decoder_layer_classes(model)))
+        try:
+            resumed = fit_resumable(trainer, module, datamodule, paths.ckpt)
+        except DivergenceError as exc:
+            # Stop loudly: keep the checkpoints (the last finite state), mark the run failed everywhere.
+            failed = {"status": "failed", "error": str(exc), "train/steps": int(trainer.global_step)}
+            run.summary.update(failed)
+            write_metrics(paths.metrics / "train.json", failed)
+            run.finish(exit_code=1)
+            raise
         rows = recorder.rows
         tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
         mem = [r["peak_mem_mb"] for r in rows if "peak_mem_mb" in r]
@@ -277,8 +302,12 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
                  ", ".join(sorted({n.split(".")[-2] for n in trainable_parameter_names(model)})))
     finally:
         run.finish()
+    if not trainer.is_global_zero:  # one export, one metrics file, one cleanup: rank zero's
+        return metrics
+    metrics["status"] = "ok"
     save_trained(model, paths.finetuned / "adapter")
-    export_merged(model, paths.finetuned / "merged", tokenizer)
+    export_merged(merge_in_fp32(model, torch_dtype(model_cfg.dtype, "longlora.model.dtype")),
+                  paths.finetuned / "merged", tokenizer)
     # Checkpoints exist to survive a failure; once the outputs are saved they go, so that a rerun
     # (e.g. after a code change) trains afresh instead of resuming a finished run.
     shutil.rmtree(paths.ckpt, ignore_errors=True)
