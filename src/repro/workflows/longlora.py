@@ -308,6 +308,8 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
     save_trained(model, paths.finetuned / "adapter")
     export_merged(merge_in_fp32(model, torch_dtype(model_cfg.dtype, "longlora.model.dtype")),
                   paths.finetuned / "merged", tokenizer)
+    log.info("exported merged model to %s (world_size=%d, strategy=%s)", paths.finetuned / "merged",
+             trainer.world_size, type(trainer.strategy).__name__)
     # Checkpoints exist to survive a failure; once the outputs are saved they go, so that a rerun
     # (e.g. after a code change) trains afresh instead of resuming a finished run.
     shutil.rmtree(paths.ckpt, ignore_errors=True)
