@@ -2,6 +2,7 @@
 
     python -m pipeline.train --params params.yaml                    # as DVC runs it
     python -m pipeline.train -m attention=full,s2 adapter=lora_plus   # Hydra sweep: one W&B run per job
+    python -m pipeline.train run.dry_run=true profile=paper           # shapes, batch layout, memory; no weights
 
 Under Hydra each job first reuses (or builds) the cached data and base model, then trains and
 evaluates into its own output folder.
@@ -14,6 +15,11 @@ from repro.workflows import longlora
 
 
 def main(cfg: DictConfig, ctx: StageContext) -> None:
+    if cfg.run.dry_run:  # python -m pipeline.train run.dry_run=true profile=paper
+        from repro.dryrun import longlora_plan, print_plan
+
+        print_plan(longlora_plan(cfg))
+        return
     if ctx.sweep:
         longlora.prepare(cfg, ctx)
         longlora.build_base(cfg, ctx)

@@ -14,6 +14,11 @@ from repro.workflows import simcse
 
 def main(cfg: DictConfig, ctx: StageContext) -> None:
     run = ctx.option("run", cfg.simcse.run)
+    if cfg.run.dry_run:  # python -m pipeline.train_simcse run.dry_run=true profile=paper simcse.run=sup
+        from repro.dryrun import print_plan, simcse_plan
+
+        print_plan(simcse_plan(cfg, run))
+        return
     if ctx.sweep:
         simcse.prepare(cfg, ctx)
     simcse.train(cfg, ctx, run)
