@@ -221,6 +221,12 @@ def build_base(cfg: DictConfig, ctx: StageContext) -> Path:
 # --- fine-tune ------------------------------------------------------------------------------------
 
 
+def _is_sharded(trainer) -> bool:
+    """Whether the strategy shards parameters (FSDP, DeepSpeed ZeRO-3), so no rank holds the whole model."""
+    name = type(trainer.strategy).__name__
+    return name == "FSDPStrategy" or (name == "DeepSpeedStrategy" and trainer.strategy.zero_stage_3)
+
+
 def _decoder_layer_classes(model: torch.nn.Module) -> tuple[type, ...]:
     """The decoder-layer classes of a model: FSDP's wrapping unit (one shard group per layer)."""
     return tuple({type(m) for m in model.modules() if type(m).__name__.endswith("DecoderLayer")})
@@ -302,6 +308,17 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
                  ", ".join(sorted({n.split(".")[-2] for n in trainable_parameter_names(model)})))
     finally:
         run.finish()
+    if _is_sharded(trainer):
+        # FSDP / ZeRO-3 hold a shard of every weight per rank: gather the full state (a collective, so every
+        # rank takes part), and give it to a fresh copy of the model on rank zero for the export.
+        state = trainer.strategy.lightning_module_state_dict()
+        if trainer.is_global_zero:
+            model = build_longlora_model(model_cfg, adapter_cfg, train_cfg.context_length, base_dir=paths.base,
+                                         attention_cfg=attn_cfg)
+            upcast_trainable(model)
+            missing = model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=False)
+            if missing.unexpected_keys:
+                raise RuntimeError(f"gathered state has unknown keys: {missing.unexpected_keys[:5]}")
     if not trainer.is_global_zero:  # one export, one metrics file, one cleanup: rank zero's
         return metrics
     metrics["status"] = "ok"
