@@ -164,7 +164,8 @@ def _backward_fn(out: Tensor, leaves: list[Tensor]) -> Callable[[Tensor], tuple[
 
     def grads(g: Tensor) -> tuple[Tensor, ...]:
         if fused:
-            result = tuple(node(g)[:3])
+            call = node if callable(node) else node.apply  # C++ nodes are callable; Python Functions' have apply
+            result = tuple(call(g)[:3])
             if all(r is not None for r in result):
                 return result
         return torch.autograd.grad(out_edge, in_edges, g)
