@@ -184,3 +184,90 @@ def test_flash_wrapper_gradients_match_dense_fp64(wrap, heads, kv_heads, unshift
     out.backward(grad)
     for g, e in zip((q.grad, k.grad, v.grad), torch.autograd.grad(ref, (q, k, v), grad)):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU (the device machine): CUDA kernels' autograd nodes, flash-attn parity, a bf16 long-context step
+# ---------------------------------------------------------------------------------------------------------------
+def _needs_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [S2AttnConfig(), S2AttnConfig(wrap=True), S2AttnConfig(shift="layers")])
+def test_cuda_sdpa_gradients_equal_dense_reference(cfg):
+    """On CUDA the fused-node path meets CUDA's SDPA kernels (efficient/flash/math, 3 or 4 inputs)."""
+    _needs_cuda()
+    for dtype, tol in [(torch.float32, 2e-4), (torch.bfloat16, 3e-2)]:
+        q, k, v = (token_major(2, n, 512, 64, dtype) for n in (9, 3, 3))
+        q, k, v = (x.detach().cuda().requires_grad_() for x in (q, k, v))
+        out = s2_attention(q, k, v, cfg, layer_idx=1)
+        h0 = shifted_from(cfg, 9, 1)
+        ref = dense_attention(*(x.double() for x in (q, k, v)), dense_mask(9, 512, 128, h0, cfg.wrap).cuda())
+        torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        expected = torch.autograd.grad(ref, (q, k, v), grad.double())
+        for g, e in zip((q.grad, k.grad, v.grad), expected):
+            torch.testing.assert_close(g.double(), e, rtol=tol * 5, atol=tol * 5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("wrap", [False, True])
+@pytest.mark.parametrize("heads,kv_heads,dim", [(32, 32, 128), (9, 3, 64)])
+def test_flash_equals_sdpa_with_gradients_on_gpu(wrap, heads, kv_heads, dim):
+    _needs_cuda()
+    pytest.importorskip("flash_attn", reason="flash-attn is not installed")
+    q, k, v = (token_major(1, n, 4096, dim, torch.bfloat16) for n in (heads, kv_heads, kv_heads))
+    q, k, v = (x.detach().cuda().requires_grad_() for x in (q, k, v))
+    results = []
+    for backend in ("flash", "sdpa"):
+        out = s2_attention(q, k, v, S2AttnConfig(wrap=wrap, backend=backend))
+        results.append((out, *torch.autograd.grad(out.float().square().sum(), (q, k, v))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.gpu
+def test_flash_casts_mixed_dtypes_under_autocast():
+    """fp32 q/k with bf16 v (autocast with fp32 weights) reach flash-attn in one half dtype."""
+    _needs_cuda()
+    pytest.importorskip("flash_attn", reason="flash-attn is not installed")
+    q, k = (torch.randn(1, 4096, n, 64, device="cuda").transpose(1, 2) for n in (9, 3))
+    v = torch.randn(1, 4096, 3, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = s2_attention(q, k, v, S2AttnConfig(backend="flash"))
+    assert out.dtype == torch.bfloat16
+    ref = s2_attention(q.bfloat16(), k.bfloat16(), v, S2AttnConfig())
+    torch.testing.assert_close(out.float(), ref.float(), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.gpu
+def test_bf16_long_context_step_with_flash_backend():
+    """A 16k-token bf16 training step of a small Llama with S2-Attn (flash), chunked loss and checkpointing."""
+    _needs_cuda()
+    pytest.importorskip("flash_attn", reason="flash-attn is not installed")
+    import transformers
+
+    from repro.models.attention.registry import apply_attention
+    from repro.models.checkpointing import apply_checkpointing
+    from repro.models.chunked_loss import causal_lm_loss
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=4,
+                                      num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                      max_position_embeddings=16384)
+    model = transformers.LlamaForCausalLM(config).cuda().train()
+    apply_attention(model, S2AttnConfig(backend="flash"))
+    apply_checkpointing(model, "full")
+    ids = torch.randint(0, 49152, (1, 16384), device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = causal_lm_loss(model, ids, ids, 2048)
+    loss.backward()
+    assert torch.isfinite(loss) and abs(loss.item() - torch.log(torch.tensor(49152.0)).item()) < 1.0
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    full_logits = 16384 * 49152 * 4
+    assert torch.cuda.max_memory_allocated() < full_logits  # never held the fp32 logits (3 GiB)

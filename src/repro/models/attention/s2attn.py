@@ -16,9 +16,12 @@ Two shifted-group layouts are provided (``S2AttnConfig.wrap``):
 * ``wrap=False`` (default) cuts the shifted heads at ``G/2 + kG`` with no wrap-around: the first and the last
   half-groups are attended on their own, as flash-attn varlen with shifted ``cu_seqlens`` does. Leak-free.
 
-The fast path never rolls the full q/k/v: aligned groups of the unshifted heads and interior shifted groups of
-the shifted heads are stacked into the batch dimension and attended in ONE causal SDPA call; the remaining
-aligned tail group and the two half-groups (or the wrapped group) take one small call each.
+The fast path never rolls, concatenates or repeats the full q/k/v (:mod:`repro.models.attention.piecewise`): each
+kernel call reads a strided view of the token-major inputs (aligned heads: all groups in one call; shifted heads:
+the interior ``[G/2, T - G/2)`` and the two half-groups; GQA by runs of query heads sharing key/value heads),
+writes into one preallocated output, and its gradients land in preallocated gradients. Over forward + backward
+this moves 8 query-sized tensors (MHA) or fewer (GQA) outside the attention kernels, plus 1 for the roll's wrapped
+group (``benchmarks/bench_attention.py``).
 """
 
 from __future__ import annotations
@@ -181,13 +184,13 @@ def _shifted_windows(b: int, t: int, g: int, wrap: bool, flat: bool) -> list[Win
 
 
 def _plan(b: int, h: int, hk: int, t: int, g: int, h0: int, wrap: bool,
-          kernel_for: Callable[[Window | WrappedEnds, bool], Kernel]) -> tuple[Piece, ...]:
+          kernel_for: Callable[[Window | WrappedEnds, bool], Kernel], flat: bool = False) -> tuple[Piece, ...]:
     """Pieces of S2-Attn: heads ``:h0`` in aligned groups, heads ``h0:`` shifted by G/2; GQA by head runs.
 
-    ``kernel_for(window, shifted)`` gives the kernel of a window (flash varlen needs its cu_seqlens).
+    ``kernel_for(window, shifted)`` gives the kernel of a window (flash varlen needs its cu_seqlens); ``flat``:
+    the kernel takes packed tokens (one window per sample range, groups cut by cu_seqlens).
     """
     rep = h // hk
-    flat = kernel_for is not None and getattr(kernel_for, "flat", False)
     aligned = [Window(0, 1, b * t, b * t)] if flat else [Window(0, b * t // g, g, g)]
     pieces = []
     for lo, hi, windows, shifted in ((0, h0, aligned, False),
@@ -275,8 +278,7 @@ def _s2_flash(q: Tensor, k: Tensor, v: Tensor, group_size: int, h0: int, wrap: b
         return Kernel(lambda x_q, x_k, x_v: varlen(x_q, x_k, x_v, cu, cu, longest, longest, dropout_p=dropout,
                                                    softmax_scale=scale, causal=True), flat=True)
 
-    kernel_for.flat = True
-    pieces = _plan(b, h, k.shape[1], t, g, h0, wrap, kernel_for)
+    pieces = _plan(b, h, k.shape[1], t, g, h0, wrap, kernel_for, flat=True)
     return PiecewiseAttention.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pieces)
 
 
