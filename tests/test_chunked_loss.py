@@ -76,8 +76,14 @@ def test_model_loss_chunked_equals_model_loss_with_gradients(tie):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
 
 
-def test_checkpointing_policies_select_layers_and_keep_gradients():
+@pytest.mark.parametrize("s2", [False, True])
+def test_checkpointing_policies_select_layers_and_keep_gradients(s2):
     model = tiny_llama().train()
+    if s2:  # S2-Attn's piecewise autograd function is recomputed by the layer checkpoints
+        from repro.models.attention.registry import apply_attention
+        from repro.models.attention.s2attn import S2AttnConfig
+
+        apply_attention(model, S2AttnConfig())
     ids = torch.randint(0, 97, (1, 24), generator=torch.Generator().manual_seed(2))
     reference = torch.autograd.grad(causal_lm_loss(model, ids, ids), list(model.parameters()))
     for policy, expected in [("full", [True] * 4), ("alternate", [True, False, True, False]), ("none", [False] * 4)]:

@@ -271,3 +271,37 @@ def test_bf16_long_context_step_with_flash_backend():
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     full_logits = 16384 * 49152 * 4
     assert torch.cuda.max_memory_allocated() < full_logits  # never held the fp32 logits (3 GiB)
+
+
+def test_checkpointing_frees_the_inputs_between_forward_and_backward(monkeypatch):
+    """Under activation checkpointing nothing of q/k/v survives the forward (the kernel nodes' saved tensors go
+    through the checkpoint's hooks); without it the kernels keep them, as plain SDPA does."""
+    import gc
+    import weakref
+
+    from torch.utils.checkpoint import checkpoint
+
+    from repro.models.attention import piecewise
+
+    refs = []
+    original = piecewise.token_major
+
+    def recording(x):
+        out = original(x)
+        refs.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(piecewise, "token_major", recording)
+    a = torch.randn(1, 32, 9, 4, dtype=torch.float64, requires_grad=True)
+
+    def layer(x):
+        q = (x * 2).transpose(1, 2)  # (B, H, T, D), token-major memory created inside the layer
+        return s2_attention(q, q[:, :3] * 1.0, q[:, 3:6] * 1.0, S2AttnConfig())
+
+    for checkpointed in (True, False):
+        refs.clear()
+        out = checkpoint(layer, a, use_reentrant=False) if checkpointed else layer(a)
+        gc.collect()
+        alive = [r() is not None for r in refs[:3]]
+        assert not any(alive) if checkpointed else all(alive)
+        out.sum().backward()
