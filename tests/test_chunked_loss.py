@@ -96,3 +96,13 @@ def test_checkpointing_policies_select_layers_and_keep_gradients(s2):
     assert checkpointed_layers(model) == [False] * 4
     with pytest.raises(ValueError, match="checkpointing"):
         apply_checkpointing(model, "selective")
+
+
+def test_causal_lm_module_applies_the_configured_policy():
+    from repro.lit.causal_lm import CausalLMModule, TrainConfig
+
+    assert (TrainConfig().loss_chunk_size, TrainConfig().checkpointing) == (0, "model")  # behaviour unchanged
+    module = CausalLMModule(tiny_llama(), TrainConfig(loss_chunk_size=8, checkpointing="alternate"))
+    assert checkpointed_layers(module.model) == [True, False, True, False]
+    with pytest.raises(ValueError, match="longlora.train.checkpointing"):
+        CausalLMModule(tiny_llama(), TrainConfig(checkpointing="sometimes"))
