@@ -1,4 +1,4 @@
-"""S2-Attn without full-size copies (issue: memory traffic): exactness in fp64 with gradients, traffic bounds.
+"""S2-Attn without full-size copies: exactness in fp64 with gradients, memory-traffic bounds, checkpointing.
 
 Every output and gradient is compared in fp64 with a dense softmax attention whose (H, T, T) mask is built from
 group ids (the brute-force reference of ``test_s2attn``), and the bytes moved outside attention kernels are
