@@ -2,11 +2,13 @@
 
 Compared: full causal SDPA, grouped attention without shift, the naive roll+reshape S2-Attn of the reference
 repository (written here as the baseline), this project's S2-Attn (wrap and leak-free) and its flash-attn
-varlen backend when CUDA and flash-attn are present. Inputs use the token-major memory layout that transformers'
-attention layers produce ((B, T, H, D) viewed as (B, H, T, D)).
+varlen backend when CUDA and flash-attn are present, at the Llama-2 (32/32 x 128) and SmolLM2 (9/3 x 64, GQA) head
+shapes. Inputs use the token-major memory layout that transformers' attention layers produce ((B, T, H, D) viewed
+as (B, H, T, D)). Beside the times it prints the bytes moved outside the attention kernels
+(:mod:`repro.models.attention.traffic`), which carry over to GPUs where CPU times do not.
 
-    python benchmarks/bench_attention.py --device cuda --dtype bf16 --heads 32 --kv-heads 8 --head-dim 128 \
-        --lengths 8192 16384 32768
+    python benchmarks/bench_attention.py                                   # CPU, both head shapes, 1k and 2k
+    python benchmarks/bench_attention.py --device cuda --dtype bf16 --lengths 8192 16384 32768
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from repro.models.attention.s2attn import S2AttnConfig, repeat_kv, s2_attention
+from repro.models.attention.traffic import attention_traffic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -73,15 +76,25 @@ def time_fwd_bwd(fn: Callable, q, k, v, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+HEAD_SHAPES = {"llama2": (32, 32, 128), "smollm2": (9, 3, 64)}  # query heads, key/value heads, head dim
+
+
 def build_methods(args) -> dict[str, Callable]:
     """Name -> attention function on (B, H, T, D)."""
     r = args.ratio
+
+    def s2(**fields):
+        cfg = S2AttnConfig(group_size_ratio=r, **fields)
+        return lambda q, k, v: s2_attention(q, k, v, cfg, layer_idx=1)
+
     methods = {
         "full causal (SDPA)": full_causal,
         "grouped, no shift": lambda q, k, v: grouped_no_shift(q, k, v, r),
         "naive roll S2 (baseline)": lambda q, k, v: naive_roll_s2(q, k, v, r),
-        "S2 wrap (ours)": lambda q, k, v: s2_attention(q, k, v, S2AttnConfig(group_size_ratio=r, wrap=True)),
-        "S2 leak-free (ours)": lambda q, k, v: s2_attention(q, k, v, S2AttnConfig(group_size_ratio=r)),
+        "S2 leak-free (ours)": s2(),
+        "S2 roll left (ours)": s2(wrap=True),
+        "S2 roll right (ours)": s2(wrap=True, direction="right"),
+        "S2 leak-free, shift=layers, odd layer (ours)": s2(shift="layers"),
     }
     if args.device.startswith("cuda"):
         try:
@@ -89,8 +102,8 @@ def build_methods(args) -> dict[str, Callable]:
         except ImportError:
             print("flash-attn not installed: flash backend skipped")
         else:
-            methods["S2 leak-free (ours, flash)"] = lambda q, k, v: s2_attention(
-                q, k, v, S2AttnConfig(group_size_ratio=r, backend="flash"))
+            methods["S2 leak-free (ours, flash)"] = s2(backend="flash")
+            methods["S2 roll (ours, flash)"] = s2(backend="flash", wrap=True)
     return methods
 
 
@@ -98,30 +111,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--heads", type=int, default=9)
-    parser.add_argument("--kv-heads", type=int, default=3)
-    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--shapes", nargs="+", choices=sorted(HEAD_SHAPES), default=["llama2", "smollm2"],
+                        help="head shapes: llama2 = 32/32 x 128, smollm2 = 9/3 x 64 (GQA)")
     parser.add_argument("--ratio", type=float, default=0.25)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-traffic", action="store_true", help="skip the dispatch-mode traffic count")
     args = parser.parse_args()
     dtype, methods = DTYPES[args.dtype], build_methods(args)
     rows = []
-    for t in args.lengths:
-        def make(heads):  # token-major memory, as transformers' q/k/v projections produce
-            x = torch.randn(args.batch, t, heads, args.head_dim, device=args.device, dtype=dtype)
-            return x.transpose(1, 2).requires_grad_()  # (B, H, T, D) view
+    for shape in args.shapes:
+        heads, kv_heads, head_dim = HEAD_SHAPES[shape]
+        for t in args.lengths:
+            def make(n):  # token-major memory, as transformers' q/k/v projections produce
+                x = torch.randn(args.batch, t, n, head_dim, device=args.device, dtype=dtype)
+                return x.transpose(1, 2).requires_grad_()  # (B, H, T, D) view
 
-        q, k, v = make(args.heads), make(args.kv_heads), make(args.kv_heads)
-        timings = {name: time_fwd_bwd(fn, q, k, v, args.repeats) for name, fn in methods.items()}
-        full = timings["full causal (SDPA)"]
-        rows += [(t, name, ms, ms / full) for name, ms in timings.items()]
-    print(f"\nfwd+bwd, device={args.device}, dtype={args.dtype}, batch={args.batch}, heads={args.heads}/"
-          f"{args.kv_heads} x {args.head_dim}, group ratio {args.ratio}, median of {args.repeats}\n")
-    print("| tokens | method | ms | vs full |\n| ---: | --- | ---: | ---: |")
-    for t, name, ms, ratio in rows:
-        print(f"| {t} | {name} | {ms:.1f} | {ratio:.2f} |")
+            q, k, v = make(heads), make(kv_heads), make(kv_heads)
+            timings = {name: time_fwd_bwd(fn, q, k, v, args.repeats) for name, fn in methods.items()}
+            full = timings["full causal (SDPA)"]
+            for name, ms in timings.items():
+                moved = float("nan") if args.no_traffic else attention_traffic(methods[name], q, k, v)[0]
+                rows.append((shape, t, name, ms, ms / full, moved))
+    print(f"\nfwd+bwd, device={args.device}, dtype={args.dtype}, batch={args.batch}, group ratio {args.ratio}, "
+          f"median of {args.repeats}; traffic = bytes read + written outside attention kernels, forward + backward, "
+          f"in S = one query-sized tensor\n")
+    print("| heads | tokens | method | ms | vs full | traffic (S) |\n| --- | ---: | --- | ---: | ---: | ---: |")
+    for shape, t, name, ms, ratio, moved in rows:
+        h, hk, d = HEAD_SHAPES[shape]
+        print(f"| {h}/{hk} x {d} | {t} | {name} | {ms:.1f} | {ratio:.2f} | {moved:.2f} |")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from repro.models.checkpointing import apply_checkpointing
+from repro.models.chunked_loss import causal_lm_loss
+
 _PRECISIONS = ("32", "bf16-mixed", "bf16-true")
 
 
@@ -50,6 +53,10 @@ class TrainConfig:
         log_every_n_steps: Logging interval in optimizer steps.
         ckpt_every_n_steps: Checkpoint interval in optimizer steps (``last.ckpt`` is always refreshed).
         num_workers: DataLoader worker processes.
+        loss_chunk_size: Positions per chunk of the LM loss (0: the model's own loss on full logits); see
+            ``repro.models.chunked_loss``.
+        checkpointing: Activation-checkpointing policy (``model``, ``none``, ``full``, ``alternate``); see
+            ``repro.models.checkpointing``. ``model`` keeps ``longlora.model.gradient_checkpointing``.
     """
 
     context_length: int = 512
@@ -66,6 +73,8 @@ class TrainConfig:
     log_every_n_steps: int = 1
     ckpt_every_n_steps: int = 100
     num_workers: int = 0
+    loss_chunk_size: int = 0
+    checkpointing: str = "model"
 
 
 def resolve_batch(train_cfg: TrainConfig, world_size: int, prefix: str = "longlora.train") -> TrainConfig:
@@ -138,7 +147,7 @@ class CausalLMModule(L.LightningModule):
 
     def __init__(self, model: torch.nn.Module, train_cfg: TrainConfig, config_dicts: dict[str, Any] | None = None):
         super().__init__()
-        self.model = model
+        self.model = apply_checkpointing(model, train_cfg.checkpointing)
         self.train_cfg = train_cfg
         self.save_hyperparameters({"train": asdict(train_cfg), **(config_dicts or {})})
         self.strict_loading = False
@@ -165,7 +174,7 @@ class CausalLMModule(L.LightningModule):
         if self._interval_start is None:
             self._interval_start = time.perf_counter()
             self._interval_first_step = self.global_step
-        loss = self(input_ids, labels).loss
+        loss = causal_lm_loss(self.model, input_ids, labels, self.train_cfg.loss_chunk_size)
         if self._any_rank(not bool(torch.isfinite(loss.detach()))):
             raise DivergenceError(f"non-finite training loss {float(loss.detach())} at step {self.global_step + 1} "
                                   "(divergence guard); the last finite checkpoint is kept")

@@ -16,20 +16,26 @@ Two shifted-group layouts are provided (``S2AttnConfig.wrap``):
 * ``wrap=False`` (default) cuts the shifted heads at ``G/2 + kG`` with no wrap-around: the first and the last
   half-groups are attended on their own, as flash-attn varlen with shifted ``cu_seqlens`` does. Leak-free.
 
-The fast path never rolls the full q/k/v: aligned groups of the unshifted heads and interior shifted groups of
-the shifted heads are stacked into the batch dimension and attended in ONE causal SDPA call; the remaining
-aligned tail group and the two half-groups (or the wrapped group) take one small call each.
+The fast path never rolls, concatenates or repeats the full q/k/v (:mod:`repro.models.attention.piecewise`): each
+kernel call reads a strided view of the token-major inputs (aligned heads: all groups in one call; shifted heads:
+the interior ``[G/2, T - G/2)`` and the two half-groups; GQA by runs of query heads sharing key/value heads),
+writes into one preallocated output, and its gradients land in preallocated gradients. Over forward + backward
+this moves 8 query-sized tensors (MHA) or fewer (GQA) outside the attention kernels, plus 1 for the roll's wrapped
+group (``benchmarks/bench_attention.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from repro.models.attention.piecewise import Kernel, Piece, PiecewiseAttention, Window, WrappedEnds, head_runs
 
 PATTERNS = ("full", "s2")
 SHIFTS = ("none", "heads", "layers")
@@ -164,13 +170,44 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# SDPA fast path
+# Plans: which kernel call reads which (heads, tokens) window (executed by piecewise.PiecewiseAttention)
 # ----------------------------------------------------------------------------------------------------------------
-def _cat_heads(parts: list[Tensor]) -> Tensor:
-    """Concatenate (N, h_i, L, D) views along heads in token-major memory: -> (N, sum h_i, L, D)."""
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat([p.transpose(1, 2) for p in parts], dim=2).transpose(1, 2)  # (N, L, H, D) -> (N, H, L, D)
+def _shifted_windows(b: int, t: int, g: int, wrap: bool, flat: bool) -> list[Window | WrappedEnds]:
+    """Token windows of the shifted heads (boundaries at G/2 + kG), per sample where they cannot span samples."""
+    half, n = g // 2, t // g
+    if flat and not wrap:  # flash varlen: every token in one call, the cut lives in cu_seqlens
+        return [Window(0, 1, b * t, b * t)]
+    interior = [Window(r * t + half, 1 if flat else n - 1, g, t - g if flat else g) for r in range(b)] if n > 1 else []
+    if wrap:  # the reference's roll: (last half-group, first half-group) of each sample form one group
+        return interior + [WrappedEnds(Window(t - half, b, t, half), Window(0, b, t, half))]
+    return interior + [Window(r * t, 2, t - half, half) for r in range(b)]  # the two half-groups, one call
+
+
+def _plan(b: int, h: int, hk: int, t: int, g: int, h0: int, wrap: bool,
+          kernel_for: Callable[[Window | WrappedEnds, bool], Kernel], flat: bool = False) -> tuple[Piece, ...]:
+    """Pieces of S2-Attn: heads ``:h0`` in aligned groups, heads ``h0:`` shifted by G/2; GQA by head runs.
+
+    ``kernel_for(window, shifted)`` gives the kernel of a window (flash varlen needs its cu_seqlens); ``flat``:
+    the kernel takes packed tokens (one window per sample range, groups cut by cu_seqlens).
+    """
+    rep = h // hk
+    aligned = [Window(0, 1, b * t, b * t)] if flat else [Window(0, b * t // g, g, g)]
+    pieces = []
+    for lo, hi, windows, shifted in ((0, h0, aligned, False),
+                                     (h0, h, _shifted_windows(b, t, g, wrap, flat) if h0 < h else [], True)):
+        for a, z, ka, kz in head_runs(lo, hi, rep):
+            pieces += [Piece(w, (a, z), (ka, kz), kernel_for(w, shifted)) for w in windows]
+    return tuple(pieces)
+
+
+def _sdpa_kernel(scale: float | None, dropout: float) -> Callable[[Window | WrappedEnds, bool], Kernel]:
+    """Causal SDPA on (n, h, L, D) windows, autocast off (the caller casts q/k/v to one dtype)."""
+    def call(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        with torch.autocast(q.device.type, enabled=False):
+            return attend(q, k, v, scale, dropout)
+
+    kernel = Kernel(call)
+    return lambda window, shifted: kernel
 
 
 def _tokens(x: Tensor, batch: int) -> Tensor:
@@ -181,49 +218,12 @@ def _tokens(x: Tensor, batch: int) -> Tensor:
 
 def _s2_sdpa(q: Tensor, k: Tensor, v: Tensor, group_size: int, h0: int, wrap: bool,
              scale: float | None, dropout: float) -> Tensor:
-    """S2-Attn with SDPA; returns token-major (B, T, H, D). Heads ``:h0`` aligned, ``h0:`` shifted by G/2.
-
-    Pieces are cut with ``split`` (whose backward is one concatenation) rather than slicing (whose backward
-    zero-fills a full-size gradient per slice).
-    """
+    """S2-Attn with SDPA on views of the inputs; returns token-major (B, T, H, D). Heads ``h0:`` shifted."""
     b, h, t, _ = q.shape
-    g, half, n = group_size, group_size // 2, t // group_size
-    if h0 == h:  # no shifted head: all n aligned groups in one call, zero-copy for token-major inputs
-        return _tokens(attend(group(q, g), group(k, g), group(v, g), scale, dropout), b)
-    rep = h // k.shape[1]
-    if h0 % rep != 0:  # a key/value head serves shifted and unshifted query heads: give each its own copy
-        k, v, rep = repeat_kv(k, rep), repeat_kv(v, rep), 1
-    hk0 = h0 // rep
-
-    def pieces(x: Tensor, split: int) -> tuple[Tensor, ...]:
-        aligned, shifted = x.split([split, x.shape[1] - split], dim=1)  # (B, split, T, D), (B, H-split, T, D)
-        body, tail = aligned.split([t - g, g], dim=2)  # aligned groups 0..n-2 | aligned group n-1
-        first, middle, last = shifted.split([half, t - g, half], dim=2)  # half-group | interior | half-group
-        main = _cat_heads(([group(body, g)] if split else []) + [group(middle, g)])  # (B*(n-1), H, G, D)
-        if wrap:  # the reference's wrapped group: last half-group then first half-group, causal in that order
-            ends = torch.cat([last, first], dim=2)  # (B, Hs, G, D)
-        else:  # two separate half-groups stacked along the batch
-            ends = torch.cat([first, last], dim=0)  # (2B, Hs, G/2, D)
-        return main, tail, ends
-
-    (qm, qt, qe), (km, kt, ke), (vm, vt, ve) = pieces(q, h0), pieces(k, hk0), pieces(v, hk0)
-    unshifted, shifted = [], []
-    if n > 1:  # ONE call for aligned groups 0..n-2 of heads [:h0] and interior shifted groups of heads [h0:]
-        out = _tokens(attend(qm, km, vm, scale, dropout), b)  # (B, (n-1)G, H, D)
-        out_aligned, out_shifted = out.split([h0, h - h0], dim=2)  # (B, (n-1)G, h0 | H-h0, D)
-        unshifted.append(out_aligned)
-        shifted.append(out_shifted)
-    if h0:
-        unshifted.append(attend(qt, kt, vt, scale, dropout).transpose(1, 2))  # (B, G, h0, D)
-    ends = attend(qe, ke, ve, scale, dropout).transpose(1, 2)
-    if wrap:  # ends: (B, G, Hs, D) = [last half-group | first half-group]
-        last, first = ends.split([half, half], dim=1)
-    else:  # ends: (2B, G/2, Hs, D) = [first half-groups ; last half-groups] along the batch
-        first, last = ends.split([b, b], dim=0)
-    shifted_tokens = torch.cat([first, *shifted, last], dim=1)  # (B, T, Hs, D)
-    if not h0:
-        return shifted_tokens
-    return torch.cat([torch.cat(unshifted, dim=1), shifted_tokens], dim=2)  # (B, T, H, D)
+    if h0 == h:  # no shifted head: all groups in one call on views, output and gradients need no copy at all
+        return _tokens(attend(group(q, group_size), group(k, group_size), group(v, group_size), scale, dropout), b)
+    pieces = _plan(b, h, k.shape[1], t, group_size, h0, wrap, _sdpa_kernel(scale, dropout))
+    return PiecewiseAttention.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pieces)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,44 +242,59 @@ def _import_flash_varlen(device: torch.device):
     return flash_attn_varlen_func
 
 
+def _cu_seqlens(window: Window | WrappedEnds, shifted: bool, wrap: bool, t: int, g: int,
+                device: torch.device) -> tuple[Tensor, int]:
+    """int32 cumulative segment lengths of a packed window and the longest segment."""
+    def arange(stop: int) -> Tensor:
+        return torch.arange(0, stop + 1, g, device=device, dtype=torch.int32)
+
+    if isinstance(window, WrappedEnds):  # B wrapped groups of G tokens
+        return arange(window.last.n * g), g
+    if not shifted or wrap:  # aligned groups (also the interior of one sample for the roll)
+        return arange(window.length), g
+    b, half = window.length // t, g // 2  # leak-free: each sample cut at 0, G/2, 3G/2, .., T - G/2, T
+    starts = torch.arange(b, device=device, dtype=torch.int32)[:, None] * t
+    inner = torch.arange(half - g, t, g, device=device, dtype=torch.int32).clamp_(min=0)[None, :]
+    end = torch.full((1,), b * t, device=device, dtype=torch.int32)
+    return torch.cat([(starts + inner).flatten(), end]), g
+
+
 def _s2_flash(q: Tensor, k: Tensor, v: Tensor, group_size: int, h0: int, wrap: bool,
               scale: float | None, dropout: float, varlen=None) -> Tensor:
     """S2-Attn with flash-attn varlen (cu_seqlens cut at the group boundaries); returns (B, T, H, D).
 
+    Same pieces as the SDPA path, packed as (tokens, heads, D) head-slice views: one call per head run for the
+    aligned heads and for the leak-free shifted heads (the shift lives in ``cu_seqlens``, as flash-attn's own
+    S2-Attn recipe does); the roll takes the interior of each sample plus one call on the wrapped groups.
     ``varlen`` defaults to ``flash_attn.flash_attn_varlen_func`` (imported lazily); any function with its
     signature (packed (total, heads, D) inputs, int32 ``cu_seqlens``) can stand in for it.
     """
     varlen = varlen or _import_flash_varlen(q.device)
-    b, h, t, d = q.shape
-    g, half = group_size, group_size // 2
-    rep = h // k.shape[1]
-    if 0 < h0 < h and h0 % rep != 0:
-        k, v, rep = repeat_kv(k, rep), repeat_kv(v, rep), 1
-    hk0 = h0 // rep
-    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # (B, T, H|Hk, D), views
-    dev = q.device
-    aligned = torch.arange(0, b * t + 1, g, device=dev, dtype=torch.int32)  # boundaries kG over the flat batch
-    starts = torch.arange(b, device=dev, dtype=torch.int32)[:, None] * t
-    inner = torch.arange(half - g, t, g, device=dev, dtype=torch.int32).clamp_(min=0)[None, :]  # 0, G/2 + kG
-    end = torch.full((1,), b * t, device=dev, dtype=torch.int32)
-    shifted_cu = torch.cat([(starts + inner).flatten(), end])  # each sample: 0, G/2, 3G/2, .., T - G/2; then B*T
+    b, h, t, _ = q.shape
+    g = group_size
 
-    def run(x_q: Tensor, x_k: Tensor, x_v: Tensor, cu: Tensor) -> Tensor:
-        flat = [x.reshape(b * t, x.shape[2], d) for x in (x_q, x_k, x_v)]  # (B*T, heads, D)
-        out = varlen(*flat, cu, cu, g, g, dropout_p=dropout, softmax_scale=scale, causal=True)
-        return out.view(b, t, -1, d)  # (B, T, heads, D)
+    def kernel_for(window: Window | WrappedEnds, shifted: bool) -> Kernel:
+        cu, longest = _cu_seqlens(window, shifted, wrap, t, g, q.device)
+        return Kernel(lambda x_q, x_k, x_v: varlen(x_q, x_k, x_v, cu, cu, longest, longest, dropout_p=dropout,
+                                                   softmax_scale=scale, causal=True), flat=True)
 
-    outs = []
-    if h0:
-        outs.append(run(qt[:, :, :h0], kt[:, :, :hk0], vt[:, :, :hk0], aligned))
-    if h0 < h:
-        sq, sk, sv = qt[:, :, h0:], kt[:, :, hk0:], vt[:, :, hk0:]
-        if wrap:  # the reference's roll: aligned groups on tokens rolled by -G/2, rolled back afterwards
-            rolled = [x.roll(-half, dims=1) for x in (sq, sk, sv)]
-            outs.append(run(*rolled, aligned).roll(half, dims=1))
-        else:
-            outs.append(run(sq, sk, sv, shifted_cu))
-    return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]  # (B, T, H, D)
+    pieces = _plan(b, h, k.shape[1], t, g, h0, wrap, kernel_for, flat=True)
+    return PiecewiseAttention.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pieces)
+
+
+def compute_dtype(q: Tensor, k: Tensor, v: Tensor, backend: str) -> torch.dtype:
+    """The one dtype q/k/v are attended in.
+
+    Under autocast: the autocast dtype (what SDPA under autocast would use). Otherwise the inputs' dtype, or the
+    narrowest one when they differ. flash-attn runs in fp16/bf16 only: fp32 becomes bf16 for it.
+    """
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+    else:
+        dtype = min((x.dtype for x in (q, k, v)), key=lambda d: torch.finfo(d).bits)
+    if backend == "flash" and dtype not in (torch.float16, torch.bfloat16):
+        dtype = torch.bfloat16
+    return dtype
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -294,13 +309,16 @@ def full_causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None =
 def _s2_tokens(q: Tensor, k: Tensor, v: Tensor, cfg: S2AttnConfig, layer_idx: int | None,
                scale: float | None, dropout: float) -> Tensor:
     """One unpadded batch; returns token-major (B, T, H, D)."""
-    b, h, t, d = q.shape
+    h, t, in_dtype = q.shape[1], q.shape[2], q.dtype
     if cfg.pattern == "full":
         return attend(q, k, v, scale, dropout).transpose(1, 2)
     h0 = unshifted_heads(h, cfg.shift, layer_idx)
     g = group_size_for(t, cfg.group_size_ratio, needs_half=h0 < h)
+    dtype = compute_dtype(q, k, v, cfg.backend)
+    q, k, v = (x.to(dtype) for x in (q, k, v))  # no-ops when they already are
     if cfg.backend == "flash":
-        return _s2_flash(q, k, v, g, h0, cfg.wrap, scale, dropout)
+        out = _s2_flash(q, k, v, g, h0, cfg.wrap, scale, dropout)
+        return out if torch.is_autocast_enabled(q.device.type) else out.to(in_dtype)
     return _s2_sdpa(q, k, v, g, h0, cfg.wrap, scale, dropout)
 
 
