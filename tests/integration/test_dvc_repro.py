@@ -151,3 +151,16 @@ def test_hydra_multirun_is_one_wandb_run_per_job_in_one_group(repro_copy):
     assert len(train_runs) == 2
     assert len({r["run"]["group"] for r in new}) == 1 and new[0]["run"]["group"].startswith("longlora_tiny")
     assert {r["config"]["longlora"]["attention"]["pattern"] for r in train_runs} == {"full", "s2"}
+
+
+def test_sweep_through_the_submitit_launcher(repro_copy):
+    """hydra/launcher=local (submitit_local, as submitit_slurm submits to a cluster): 2 jobs, 2 W&B runs, 1 group."""
+    dest, env, _ = repro_copy
+    before = set(find_offline_runs(dest / "wandb"))
+    _run([sys.executable, "-m", "pipeline.train_simcse", "-m", "hydra/launcher=local",
+          "simcse.train.temperature=0.05,0.1", "hydra.sweep.dir=multirun/submitit", *SHRINK], dest, env)
+    new = [read_offline_run(d) for d in set(find_offline_runs(dest / "wandb")) - before]
+    train_runs = [r for r in new if r["run"]["job_type"] == "train"]
+    assert len(train_runs) == 2, [r["run"] for r in new]
+    assert len({r["run"]["group"] for r in train_runs}) == 1
+    assert {r["config"]["simcse"]["train"]["temperature"] for r in train_runs} == {0.05, 0.1}
