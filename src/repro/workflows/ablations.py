@@ -143,12 +143,13 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
     stream_path = sorted((paths.data / "eval").glob("*.npy"))[0]
     tokens = torch.from_numpy(load_array(stream_path).astype(np.int64))
     ppl_eval = build_perplexity_evaluator(eval_cfg)
+    device = longlora.eval_device(cfg)  # the run's accelerator: a 7B model is not evaluated on the CPU
     out: dict[str, Any] = {"eval_set": stream_path.stem}
 
     curve_rows: list[dict[str, Any]] = []
     if spec.kind == "longlora_steps":
         # Step 0 = Position Interpolation without fine-tuning, with full attention and with S2-Attn.
-        base = load_for_context(paths.base, target, dtype=ll.model.dtype).eval()
+        base = load_for_context(paths.base, target, dtype=ll.model.dtype).to(device).eval()
         curve_rows.append({"step": 0, "ppl": ppl_eval.evaluate(base, tokens, target).ppl})
         apply_attention(base, OmegaConf.to_container(ll.attention))
         out[f"step0/ppl_s2@{target}"] = ppl_eval.evaluate(base, tokens, target).ppl
@@ -159,7 +160,8 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
         train_metrics = longlora.train(cfg, ctx)
     out.update({k: train_metrics[k] for k in ("train/final_loss", "train/tokens_per_s", "train/trainable_params",
                                               "train/peak_mem_mb", "train/steps")})
-    model = AutoModelForCausalLM.from_pretrained(paths.finetuned / "merged", attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(paths.finetuned / "merged", attn_implementation="sdpa",
+                                                 dtype=getattr(torch, ll.model.dtype)).to(device).eval()
     for n in lengths:
         out[f"ppl@{n}"] = ppl_eval.evaluate(model, tokens, n).ppl  # full attention at test time
     if ablation == "longlora_attention" and ll.attention.pattern != "full":

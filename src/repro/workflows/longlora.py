@@ -340,6 +340,11 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
 # --- evaluate -------------------------------------------------------------------------------------
 
 
+def eval_device(cfg: DictConfig) -> torch.device:
+    """The device evaluation runs on: the run's accelerator (CUDA unless ``run.accelerator=cpu``)."""
+    return torch.device("cuda" if torch.cuda.is_available() and cfg.run.accelerator != "cpu" else "cpu")
+
+
 def _eval_models(cfg: DictConfig, paths: Paths):
     """The models compared: the base with PI and no fine-tuning (step 0 of Figure 5) and the fine-tuned one."""
     from transformers import AutoModelForCausalLM
@@ -367,7 +372,7 @@ def evaluate(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
     streams = {p.stem: torch.from_numpy(load_array(p).astype(np.int64)) for p in sorted((paths.data / "eval").glob("*.npy"))}
     ppl_eval = build_perplexity_evaluator(eval_cfg)
     passkey_eval = build_passkey_evaluator(tokenizer, eval_cfg)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.run.accelerator != "cpu" else "cpu")
+    device = eval_device(cfg)
     metrics: dict[str, Any] = {}
     ppl_rows, passkey_rows = [], []
     run = init_run(cfg, PAPER, "evaluate", make_run_name(PAPER, "evaluate", cfg.run.profile, _run_tags(cfg)), ctx.group)
