@@ -119,7 +119,7 @@ def test_accuracy_with_fake_model(word_tokenizer, answer, expected):
         assert call["num_beams"] == 1 and call["do_sample"] is False
     assert res.mean_tokens[64] == sum(t.prompt_tokens for t in res.trials[:4]) // 4
     assert res.metrics()["eval/passkey_acc@128"] == expected
-    assert res.rows()[1] == {"target": 128, "tokens": res.mean_tokens[128], "accuracy": expected}
+    assert res.rows()[1] == {"target": 128, "length": res.mean_tokens[128], "accuracy": expected}
 
 
 def test_tiny_model_end_to_end(word_tokenizer, make_tiny_llama):

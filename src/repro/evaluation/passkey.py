@@ -59,8 +59,8 @@ class PasskeyResult:
         return {f"{prefix}/passkey_acc@{target}": acc for target, acc in self.accuracy.items()}
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per test point: ``target``, ``tokens`` (mean prompt length), ``accuracy``."""
-        return [{"target": t, "tokens": self.mean_tokens[t], "accuracy": a} for t, a in self.accuracy.items()]
+        """One row per test point: ``target``, ``length`` (mean prompt tokens, the reference's x-axis), ``accuracy``."""
+        return [{"target": t, "length": self.mean_tokens[t], "accuracy": a} for t, a in self.accuracy.items()]
 
     def records(self) -> list[dict[str, Any]]:
         """Trials as plain dicts (for a CSV/JSON plot file)."""
