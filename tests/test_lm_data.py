@@ -472,9 +472,27 @@ def test_data_group_composes_under_longlora_data(tmp_path):
     with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
         composed = compose("root", overrides=["data=local", "longlora.data.max_eval_tokens=99"])
     cfg = lm_data_config_from_dict(composed.longlora.data)
-    assert cfg.eval_sets["pg19"].glob == "*.txt" and cfg.max_eval_tokens == 99
+    assert cfg.eval_sets["pg19_validation"].glob == "*.txt" and cfg.max_eval_tokens == 99
+    assert set(cfg.eval_sets) == {"pg19_validation", "pg19_test", "proof_pile_test"}  # no synthetic set left over
+    assert cfg.roles == {r: r for r in ("pg19_validation", "pg19_test", "proof_pile_test")}
+    assert cfg.eval_sets["proof_pile_test"].min_doc_tokens == 32768 and cfg.eval_sets["proof_pile_test"].sample_docs == 128
 
 
 def test_config_typo_is_named():
     with pytest.raises(Exception, match="knd"):
         lm_data_config_from_dict({"train": {"knd": "local"}})
+
+
+def test_redpajama_layout_tokenised_with_datasets_map_and_capped(tmp_path, bpe):
+    """The training path on the hub layout: shuffled rows, datasets.map tokenisation, the token cap."""
+    from repro.data.lm_data import train_token_cap
+
+    folder = _redpajama_sample_folder(tmp_path)
+    src = SourceConfig(kind="hub", hub_name="json", hub_data_files=str(folder / "*.jsonl"), shuffle_seed=0)
+    lists = HubSource(src).token_lists(bpe, num_proc=1, max_tokens=0, chunk_docs=100)
+    docs = list(HubSource(src))  # the same shuffled order, read row by row
+    assert [t.tolist() for t in lists] == [bpe(d, add_special_tokens=False)["input_ids"] for d in docs]
+    capped = HubSource(src).token_lists(bpe, num_proc=1, max_tokens=50, chunk_docs=7)
+    assert 7 <= len(capped) < len(lists) and len(capped) % 7 == 0  # stops after the chunk passing the cap
+    assert train_token_cap(1000, 64, 8192, 0.02) == 534_773_760
+    assert train_token_cap(10, 4, 512, 0.0) == 20_480

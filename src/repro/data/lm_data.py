@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -35,6 +36,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from repro.data.text_sources import SourceConfig, build_source, source_identity
+from repro.data.packed import PackedBlocks  # noqa: F401  (re-exported)
 from repro.data.token_cache import load_array, read_sidecar, sha256_file, sidecar, write_array  # noqa: F401
 from repro.data.tokenizer import TokenizerConfig, build_tokenizer, token_dtype_for
 
@@ -52,7 +54,10 @@ class LMDataConfig:
         train: documents to pack into training blocks (RedPajama in the paper).
         eval_sets: name -> documents for a perplexity token stream (PG19 and proof-pile test in the paper).
         tokenizer: the tokenizer config.
-        max_train_tokens: cap on the joined training stream before packing (0 = no cap).
+        max_train_tokens: cap on the joined training stream before packing (0 = no cap; -1 = derived
+            from the schedule by :func:`train_token_cap`).
+        train_token_margin: extra share of tokens the derived cap adds (the packing remainder is dropped).
+        num_proc: processes for ``datasets.map`` tokenisation of hub sources (``fine-tune.py``'s ``num_proc``).
         max_eval_tokens: cap on each evaluation stream (0 = no cap); whole documents only, so long
             documents are never cut (the first document is kept whole even when it alone exceeds it).
         roles: the paper's evaluation sets -> the ``eval_sets`` entry that plays each role
@@ -65,6 +70,8 @@ class LMDataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_train_tokens: int = 0
     max_eval_tokens: int = 0
+    train_token_margin: float = 0.0
+    num_proc: int = 1
     roles: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +96,11 @@ def register_lm_data_config(name: str = "lm_data_schema", group: str = "data") -
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(group=group, name=name, node=LMDataConfig, package="longlora.data")
+
+
+def train_token_cap(max_steps: int, global_batch: int, context_length: int, margin: float) -> int:
+    """Tokens a run consumes, ``steps x global batch x context``, plus ``margin`` of that (rounded up)."""
+    return math.ceil(int(max_steps) * int(global_batch) * int(context_length) * (1.0 + float(margin)))
 
 
 def _fingerprint(obj: Any) -> str:
@@ -319,8 +331,15 @@ def prepare_lm_data(
     )
     dtype = token_dtype_for(tokenizer)
 
+    if cfg.max_train_tokens < 0:
+        raise ValueError("longlora.data.max_train_tokens=-1 (derived) must be resolved with train_token_cap first")
+
     def pack_train() -> np.ndarray:
-        lists = tokenize_documents(build_source(cfg.train, base_dir), tokenizer, cfg.max_train_tokens)
+        source = build_source(cfg.train, base_dir)
+        if cfg.train.kind == "hub" and not cfg.train.streaming:  # fine-tune.py: datasets.map(..., num_proc)
+            lists = source.token_lists(tokenizer, cfg.num_proc, cfg.max_train_tokens)
+        else:
+            lists = tokenize_documents(source, tokenizer, cfg.max_train_tokens)
         try:
             return pack_documents(lists, context_length, tokenizer.eos_token_id, cfg.max_train_tokens, dtype)
         except ValueError as exc:
@@ -359,35 +378,3 @@ def prepare_lm_data(
         eval_tokens=eval_tokens,
         reused=reused,
     )
-
-
-class PackedBlocks(torch.utils.data.Dataset):
-    """The packed training blocks of ``train.npy`` as causal-LM examples (labels = inputs; the model shifts).
-
-    The file is checksum-verified once, then memory-mapped lazily in each process, so DataLoader workers
-    share the page cache instead of copying the array.
-    """
-
-    def __init__(self, path: Path, verify: bool = True):
-        self.path = Path(path)
-        blocks = load_array(self.path, mmap=True) if verify else np.load(self.path, mmap_mode="r")
-        if blocks.ndim != 2:
-            raise ValueError(f"{self.path}: expected packed blocks [N, context], got shape {blocks.shape}")
-        self.shape = tuple(blocks.shape)
-        self._blocks: Optional[np.ndarray] = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_blocks": None}
-
-    @property
-    def blocks(self) -> np.ndarray:
-        if self._blocks is None:
-            self._blocks = np.load(self.path, mmap_mode="r")
-        return self._blocks
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        ids = torch.from_numpy(np.asarray(self.blocks[index], dtype=np.int64))  # [context]
-        return {"input_ids": ids, "labels": ids.clone()}

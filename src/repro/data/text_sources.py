@@ -180,11 +180,48 @@ class HubSource:
         return datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=cfg.hub_split, streaming=cfg.streaming,
                                      **kwargs)
 
-    def __iter__(self) -> Iterator[str]:
+    def rows(self):
+        """The dataset, shuffled with ``shuffle_seed`` when it is set, cut to ``max_docs``."""
         cfg = self.cfg
         rows = self.dataset()
         if cfg.shuffle_seed is not None:
             rows = rows.shuffle(seed=cfg.shuffle_seed, **({"buffer_size": 10_000} if cfg.streaming else {}))
+        if cfg.max_docs and not cfg.streaming and hasattr(rows, "select"):
+            rows = rows.select(range(min(cfg.max_docs, len(rows))))
+        return rows
+
+    def token_lists(self, tokenizer, num_proc: int = 1, max_tokens: int = 0, chunk_docs: int = 20_000) -> list:
+        """Token ids per document via ``datasets.map(batched=True, num_proc=...)``, as ``fine-tune.py`` tokenises.
+
+        Runs over the shuffled rows chunk by chunk and stops after the chunk that passes ``max_tokens``
+        (documents plus one separator each), so a cap never tokenises the whole 1T sample.
+        """
+        import numpy as np
+
+        field = self.cfg.text_field
+        rows = self.rows()
+        if field not in rows.column_names:
+            raise KeyError(f"{self.cfg.hub_name}[{self.cfg.hub_split}]: no text field {field!r} "
+                           f"(fields: {sorted(rows.column_names)})")
+
+        def encode(batch):
+            return {"input_ids": tokenizer(batch[field], add_special_tokens=False)["input_ids"]}
+
+        out, total = [], 0
+        for lo in range(0, len(rows), chunk_docs):
+            part = rows.select(range(lo, min(lo + chunk_docs, len(rows))))
+            part = part.map(encode, batched=True, num_proc=num_proc if num_proc > 1 else None,
+                            remove_columns=part.column_names)
+            for ids in part["input_ids"]:
+                out.append(np.asarray(ids, dtype=np.int32))
+                total += len(ids) + 1
+            if max_tokens and total > max_tokens:
+                break
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        cfg = self.cfg
+        rows = self.rows()
         for i, row in enumerate(rows):
             if cfg.max_docs and i >= cfg.max_docs:
                 return

@@ -141,8 +141,16 @@ def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
     model_path, gguf_file = ll.model.name_or_path, None
     if ll.model.source == "gguf":
         model_path, gguf_file = str(gguf_folder(ll.model.gguf_package)), ll.model.gguf_file
+    data_cfg = to_dataclass(ll.data, LMDataConfig)
+    if data_cfg.max_train_tokens < 0:  # derived: steps x global batch x context, plus the stated margin
+        from repro.data.lm_data import train_token_cap
+
+        global_batch = int(ll.train.get("global_batch_size") or 0) or (
+            int(ll.train.batch_size) * int(ll.train.grad_accum) * int(cfg.run.get("devices") or 1))
+        data_cfg.max_train_tokens = train_token_cap(ll.train.max_steps, global_batch, ll.train.context_length,
+                                                    data_cfg.train_token_margin)
     prepared = prepare_lm_data(
-        to_dataclass(ll.data, LMDataConfig), paths.data, int(ll.train.context_length),
+        data_cfg, paths.data, int(ll.train.context_length),
         model_name_or_path=model_path, model_gguf_file=gguf_file,
     )
     write_stamp(paths.data, paths.data_fp)
