@@ -262,3 +262,22 @@ def test_smollm2_book_both_protocols():
     assert res.n_tokens_newest == count == 699
     assert res.ppl_newest == pytest.approx(ppl_new, rel=1e-4)
     assert 1.0 < res.ppl < 200.0
+
+
+def test_eval_py_windows_only_for_s2_testing(tiny_llama, stream):
+    """press=False forwards only eval.py's full-length windows (S2-Attn groups must divide L)."""
+    seen = []
+
+    class Recording(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids):
+            seen.append(input_ids.shape[1])
+            return SimpleNamespace(logits=self.inner(input_ids=input_ids).logits)
+
+    res = PerplexityEvaluator(LMEvalConfig(stride=16)).evaluate(Recording(tiny_llama), stream, 32, press=False)
+    assert set(seen) == {32} and len(seen) == res.n_windows
+    assert res.ppl == pytest.approx(reference_ppl(tiny_llama, stream, 32, 16)[0], rel=1e-5)
+    assert math.isnan(res.ppl_newest) and res.n_tokens_newest == 0

@@ -319,7 +319,8 @@ class PerplexityEvaluator:
                 chunk = group[k : k + self.config.batch_size]
                 yield chunk, torch.stack([tokens[b : b + size] for b in chunk])  # [b, T]
 
-    def evaluate(self, model: nn.Module, tokens: torch.Tensor | Sequence[int], length: int) -> PerplexityResult:
+    def evaluate(self, model: nn.Module, tokens: torch.Tensor | Sequence[int], length: int,
+                 press: bool = True) -> PerplexityResult:
         """Perplexity of ``model`` on ``tokens`` at evaluation length ``length``, under both protocols.
 
         Every window is forwarded once and serves both protocols: eval.py's windows (all of length
@@ -330,6 +331,9 @@ class PerplexityEvaluator:
             model: causal LM returning ``.logits`` (or exposing a decoder and LM head).
             tokens: 1-D token stream (tensor, array or list of ints).
             length: evaluation length ``L``.
+            press: also compute the Press variant. ``False`` forwards eval.py's windows only (all of
+                length ``L``), as testing with S2-Attn needs (its groups must divide the length);
+                ``ppl_newest`` is then NaN.
 
         Raises:
             ValueError: if the stream is too short for two eval.py windows or not one-dimensional.
@@ -342,6 +346,7 @@ class PerplexityEvaluator:
             raise ValueError(f"evaluation length must be >= 2 (one target), got {length}")
         n = tokens.numel()
         starts, spans = self.windows(n, length)
+        spans = spans if press else []
         ranges = press_scored_ranges(spans)
         ref = set(starts)
         ends = {b: b + length for b in starts} | dict(spans)
@@ -368,7 +373,7 @@ class PerplexityEvaluator:
             model.train(was_training)
         elapsed = max(time.perf_counter() - t0, 1e-9)
         loss = sum(window_losses) / len(window_losses)
-        loss_newest = newest_sum / newest_count
+        loss_newest = newest_sum / newest_count if newest_count else math.nan
         return PerplexityResult(
             length=length,
             stride=cfg.stride,

@@ -167,7 +167,7 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
         base = load_for_context(paths.base, target, dtype=ll.model.dtype).eval()
         curve_rows.append({"step": 0, "ppl": ppl_eval.evaluate(base, tokens, target).ppl})
         apply_attention(base, OmegaConf.to_container(ll.attention))
-        out[f"step0/ppl_s2@{target}"] = ppl_eval.evaluate(base, tokens, target).ppl
+        out[f"step0/ppl_s2@{target}"] = ppl_eval.evaluate(base, tokens, target, press=False).ppl
         del base
         callback = PeriodicPerplexity(int(spec.eval_every_n_steps), ppl_eval, tokens, target, curve_rows)
         train_metrics = longlora.train(cfg, ctx, extra_callbacks=[callback])
@@ -180,7 +180,7 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
         out[f"ppl@{n}"] = ppl_eval.evaluate(model, tokens, n).ppl  # full attention at test time
     if ablation == "longlora_attention" and ll.attention.pattern != "full":
         apply_attention(model, OmegaConf.to_container(ll.attention))  # tested with its own pattern too
-        out[f"ppl_own@{target}"] = ppl_eval.evaluate(model, tokens, target).ppl
+        out[f"ppl_own@{target}"] = ppl_eval.evaluate(model, tokens, target, press=False).ppl
         use_full_attention(model)
     tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
     passkey_eval = build_passkey_evaluator(tokenizer, eval_cfg)

@@ -376,7 +376,7 @@ def evaluate(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
             if ll.attention.pattern != "full":
                 apply_attention(model, OmegaConf.to_container(ll.attention))  # tested with S2-Attn (Table 6)
                 for set_name, tokens in streams.items():
-                    r = ppl_eval.evaluate(model, tokens, target)
+                    r = ppl_eval.evaluate(model, tokens, target, press=False)  # S2 groups need full windows
                     metrics[f"{model_name}/{set_name}/ppl_s2@{target}"] = r.ppl
                     ppl_rows.append({"model": model_name, "eval_set": set_name, "length": target, "attention": "s2",
                                      "ppl": r.ppl, "ppl_newest": r.ppl_newest, "windows": r.n_windows,
