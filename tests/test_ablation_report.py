@@ -218,3 +218,13 @@ def test_dropout_figures_are_png_and_referenced(dropout_root):
         rel = f"figures/ablation_simcse_dropout_{name}.png"
         assert f"({rel})" in page
         assert (dropout_root / "reports" / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table6_paper_values_sit_beside_the_matching_variant(tmp_path):
+    cfg = make_cfg(longlora_attention=ATTENTION)
+    write_variant(tmp_path, "longlora_attention", "s2_heads", **{"ppl@512": 4.321, "ppl_own@512": 4.987})
+    write_variant(tmp_path, "longlora_attention", "full", **{"ppl@512": 4.0})
+    page = A.build(cfg, tmp_path, tmp_path / "r")
+    row = next(line for line in page.splitlines() if line.startswith("| S2-Attn (shift among heads)"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:] == ["8.64", "8.12", "s2_heads", "4.99", "4.32"]  # paper S2 / full, ours S2 / full

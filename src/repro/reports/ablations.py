@@ -274,10 +274,39 @@ def _longlora_paper_note(spec: DictConfig, res: Sequence[VariantResult]) -> str:
         return (f"Step 0 (Position Interpolation, no fine-tuning) beside the paper ({claim['ref']}, {claim['provenance']}"
                 f" source: {md_cell(claim['statement'])}):\n\n"
                 + md_table(["variant", "step-0 ppl (full attn)", "step-0 ppl (S2-Attn)", "paper step 0 (S2-Attn)"], rows))
+    beside = _longlora_beside(spec, res)
+    if beside:
+        return beside
     gone = [m for m in load_paper_numbers()["longlora"].get("missing") or []
             if isinstance(m, dict) and any(part.strip() in str(spec.ref) for part in str(m.get("ref", "")).split("/"))]
     why = "; ".join(f"{m['ref']}: {m.get('reason', '')}" for m in gone) or "see `missing` in paper_numbers.yaml"
     return f"The paper's numbers for this ablation are not transcribed ({why}); the claims below test orderings only."
+
+
+def _longlora_beside(spec: DictConfig, res: Sequence[VariantResult]) -> str | None:
+    """Table 2 / Table 6 rows transcribed in paper_numbers.yaml beside the variant with the same setting."""
+    ad, att = (lambda r: r.config.longlora.adapter), (lambda r: r.config.longlora.attention)  # noqa: E731
+    if "Table 2" in str(spec.ref):
+        table = get_table("longlora", "table2_lora_plus")
+        match = {"full_ft": lambda r: ad(r).mode == "full", "lora": lambda r: ad(r).mode == "lora" and ad(r).r == 8,
+                 "lora_plus": lambda r: ad(r).mode == "lora_plus" and sorted(ad(r).trainable_extra) == ["embed", "norm"]}
+        rows = [[row["label"], fmt(row["values"][0]), *((lambda v: [v.variant if v else MISSING,
+                 fmt(v.value(f"ppl@{_ctx(v)}") if v else None)])(_pick(res, match[row["method"]])))]
+                for row in table["rows"]]
+        header = ["paper row", "paper (PG19 val.)", "our variant", "ours (full attn)"]
+    elif "Table 6" in str(spec.ref):
+        table = get_table("longlora", "table6_attention_patterns")
+        v = _pick(res, lambda r: att(r).pattern == "s2" and att(r).shift == "heads" and not att(r).wrap)
+        paper = table["rows"][0]["values"]
+        rows = [[table["rows"][0]["label"], fmt(paper[0]), fmt(paper[1]), v.variant if v else MISSING,
+                 fmt(v.value(f"ppl_own@{_ctx(v)}") if v else None), fmt(v.value(f"ppl@{_ctx(v)}") if v else None)]]
+        header = ["paper row", "paper (tested S2)", "paper (tested full)", "our variant", "ours (tested S2)",
+                  "ours (tested full)"]
+    else:
+        return None
+    note = f"{table['ref']} ({table['provenance_label']}; Llama2 7B at 32768, so only orderings compare):"
+    return note + "\n\n" + md_table(header, rows) + ("\n\nOther rows are not transcribed (see `missing` in "
+                                                    "paper_numbers.yaml).")
 
 
 def _simcse_table(res: Sequence[VariantResult], spec: DictConfig) -> str:
