@@ -14,9 +14,8 @@ from types import MappingProxyType
 from omegaconf import DictConfig
 
 from repro.reporting import MISSING, fmt, verdict
-from repro.reports.ablations import (
-    DEV, FAR_WORSE_POINTS, VariantResult, _ctx, _pick, _ppl_lengths, _same, curve_points, paper_value, simcse_settings,
-)
+from repro.reports.ablation_rows import _same, paper_value, simcse_settings
+from repro.reports.ablations import DEV, FAR_WORSE_POINTS, VariantResult, _ctx, _pick, _ppl_lengths, curve_points
 
 
 def _ppl(r: VariantResult | None) -> float | None:

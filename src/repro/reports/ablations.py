@@ -21,12 +21,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from repro.evaluation.references import get_claim, get_table, load_paper_numbers
+from repro.reports.ablation_rows import _same, paper_value, simcse_settings  # noqa: F401  (re-exported)
 from repro.reporting import (
     MISSING, fmt, hardware, line_figure, md_cell, md_table, read_csv, read_json, save_figure, trajectory_figure, verdict,
 )
@@ -148,70 +148,6 @@ def _diff_text(diff: dict[str, Any]) -> str:
     return ", ".join(f"`{k.split('.', 1)[-1]}={v}`" for k, v in items.items()) if items else "(base config)"
 
 
-# --- SimCSE: effective settings and the paper's matching row -----------------------------------
-
-
-def simcse_settings(vcfg: DictConfig, run: str = "unsup") -> dict[str, Any]:
-    """The variant's SimCSE values that the paper's ablation tables vary.
-
-    ``simcse.train`` is overlaid with ``simcse.runs[run]`` (the ablation's ``run``, as
-    :func:`repro.workflows.simcse.run_train_config` does); alpha = exp(hard_negative_weight), the
-    reference code adding the weight to the hard-negative logit (SimCSE §4, Table 7).
-    """
-    sc = vcfg.simcse
-    runs = sc.get("runs") or {}
-    train = OmegaConf.merge(sc.train, runs.get(run) or {})
-    weight = float(train.hard_negative_weight)
-    return {"p": float(sc.encoder.dropout), "fixed": bool(train.fixed_dropout), "tau": float(train.temperature),
-            "alpha": 0.0 if weight == -math.inf else math.exp(weight), "pooler": str(sc.encoder.pooler),
-            "mlp_only_train": bool(sc.encoder.mlp_only_train), "mode": str(train.mode),
-            "batch_size": int(train.batch_size)}
-
-
-_TABLE6_POOLERS = MappingProxyType({("cls", False): "cls_with_mlp", ("cls", True): "cls_with_mlp_train_only",
-                                    ("cls_before_pooler", False): "cls_without_mlp",
-                                    ("cls_before_pooler", True): "cls_without_mlp",
-                                    ("avg_first_last", False): "first_last_avg", ("avg_first_last", True): "first_last_avg"})
-
-
-def _row_query(table: str, s: dict[str, Any]) -> tuple[dict[str, Any], str, str] | None:
-    """(row filters, column, label) of the paper row matching settings ``s``; None if the table has none."""
-    if table == "table3_dropout":
-        return {"p": s["p"], "fixed_mask": s["fixed"]}, "stsb_dev", f"p={s['p']:g}" + (", fixed mask" if s["fixed"] else "")
-    if table == "tableD1_temperature":
-        return {"similarity": "cosine", "tau": s["tau"]}, "stsb_dev", f"τ={s['tau']:g}"
-    if table == "table6_pooler":
-        name = _TABLE6_POOLERS.get((s["pooler"], s["mlp_only_train"]))
-        return ({"pooler": name}, s["mode"], name) if name else None
-    if table == "table7_hard_negatives":
-        if s["mode"] != "sup":  # Table 7 is supervised: NLI contradictions are the hard negatives
-            return None
-        if s["alpha"] == 0.0:
-            return {"hard_negative": "none"}, "stsb_dev", "no hard negative (α=0)"
-        return {"hard_negative": "contradiction", "alpha": s["alpha"]}, "stsb_dev", f"contradiction, α={s['alpha']:g}"
-    raise ValueError(f"paper_table {table!r} has no matching rule; known: table3_dropout, tableD1_temperature, "
-                     "table6_pooler, table7_hard_negatives")
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
-        return a == b
-    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
-
-
-def paper_value(table: str, vcfg: DictConfig, run: str = "unsup") -> tuple[str, float | None] | None:
-    """(row label, value) of SimCSE ``table`` matching the variant's config, or None when no row matches."""
-    query = _row_query(table, simcse_settings(vcfg, run))
-    if query is None:
-        return None
-    filters, column, label = query
-    t = get_table("simcse", table)
-    rows = [r for r in t["rows"] if all(_same(r.get(k), v) for k, v in filters.items())]
-    if len(rows) != 1 or column not in t["columns"]:
-        return None
-    return f"{t['ref']}: {rows[0].get('label', label)}", rows[0]["values"][t["columns"].index(column)]
-
-
 # --- helpers shared by the page and the claim checks ------------------------------------------
 
 
@@ -286,27 +222,29 @@ def _longlora_paper_note(spec: DictConfig, res: Sequence[VariantResult]) -> str:
 def _longlora_beside(spec: DictConfig, res: Sequence[VariantResult]) -> str | None:
     """Table 2 / Table 6 rows transcribed in paper_numbers.yaml beside the variant with the same setting."""
     ad, att = (lambda r: r.config.longlora.adapter), (lambda r: r.config.longlora.attention)  # noqa: E731
+    ours = lambda v, key: fmt(v.value(f"{key}@{_ctx(v)}") if v else None)  # noqa: E731
     if "Table 2" in str(spec.ref):
         table = get_table("longlora", "table2_lora_plus")
         match = {"full_ft": lambda r: ad(r).mode == "full", "lora": lambda r: ad(r).mode == "lora" and ad(r).r == 8,
                  "lora_plus": lambda r: ad(r).mode == "lora_plus" and sorted(ad(r).trainable_extra) == ["embed", "norm"]}
-        rows = [[row["label"], fmt(row["values"][0]), *((lambda v: [v.variant if v else MISSING,
-                 fmt(v.value(f"ppl@{_ctx(v)}") if v else None)])(_pick(res, match[row["method"]])))]
-                for row in table["rows"]]
+        picked = [(row, _pick(res, match[row["method"]])) for row in table["rows"]]
+        rows = [[row["label"], fmt(row["values"][0]), _name_of(v), ours(v, "ppl")] for row, v in picked]
         header = ["paper row", "paper (PG19 val.)", "our variant", "ours (full attn)"]
     elif "Table 6" in str(spec.ref):
         table = get_table("longlora", "table6_attention_patterns")
         v = _pick(res, lambda r: att(r).pattern == "s2" and att(r).shift == "heads" and not att(r).wrap)
-        paper = table["rows"][0]["values"]
-        rows = [[table["rows"][0]["label"], fmt(paper[0]), fmt(paper[1]), v.variant if v else MISSING,
-                 fmt(v.value(f"ppl_own@{_ctx(v)}") if v else None), fmt(v.value(f"ppl@{_ctx(v)}") if v else None)]]
+        row = table["rows"][0]
+        rows = [[row["label"], *map(fmt, row["values"]), _name_of(v), ours(v, "ppl_own"), ours(v, "ppl")]]
         header = ["paper row", "paper (tested S2)", "paper (tested full)", "our variant", "ours (tested S2)",
                   "ours (tested full)"]
     else:
         return None
-    note = f"{table['ref']} ({table['provenance_label']}; Llama2 7B at 32768, so only orderings compare):"
-    return note + "\n\n" + md_table(header, rows) + ("\n\nOther rows are not transcribed (see `missing` in "
-                                                    "paper_numbers.yaml).")
+    return (f"{table['ref']} ({table['provenance_label']}; Llama2 7B at 32768, so only orderings compare):\n\n"
+            + md_table(header, rows) + "\n\nOther rows are not transcribed (see `missing` in paper_numbers.yaml).")
+
+
+def _name_of(v: VariantResult | None) -> str:
+    return v.variant if v is not None else MISSING
 
 
 def _simcse_table(res: Sequence[VariantResult], spec: DictConfig) -> str:
