@@ -31,7 +31,7 @@ DROPOUT = {"ref": "SimCSE Table 3", "kind": "simcse", "paper_table": "table3_dro
     "fixed_0_1": {"simcse": {"train": {"fixed_dropout": True}}}, "p0_5": {"simcse": {"encoder": {"dropout": 0.5}}}}}
 ATTENTION = {"ref": "LongLoRA Table 6", "kind": "longlora", "paper_table": None, "variants": {
     "full": {"longlora": {"attention": {"pattern": "full"}}}, "short": {"longlora": {"attention": {"shift": "none"}}},
-    "s2_heads": {}}}
+    "s2_heads": {}, "only_pattern2": {"longlora": {"attention": {"shift": "all"}}}}}
 
 
 def make_cfg(**ablations):
@@ -76,7 +76,7 @@ def test_collect_keeps_every_variant_in_config_order(dropout_root):
     assert {r.variant: r.status for r in res} == {"p0": "ok", "p0_1": "ok", "fixed_0_1": "failed", "p0_5": "missing"}
     assert res[2].error == "RuntimeError: out of memory | GPU0"
     assert res[1].value("train/best_stsb_dev") == 55.0 and res[3].value("train/best_stsb_dev") is None
-    assert [r.status for r in A.collect(dropout_root, cfg, "longlora_attention")] == ["missing"] * 3
+    assert [r.status for r in A.collect(dropout_root, cfg, "longlora_attention")] == ["missing"] * 4
     with pytest.raises(KeyError, match="nope"):
         A.collect(dropout_root, cfg, "nope")
 
@@ -146,12 +146,12 @@ def test_claims_read_missing_when_an_input_is_missing(dropout_root):
     assert claim_verdicts(rows) == ["missing", "missing"]  # p0_5 missing; fixed_0_1 failed
     write_variant(dropout_root, "longlora_attention", "full", **{"ppl@512": 10.0})
     rows = A.claims("longlora_attention", A.collect(dropout_root, cfg, "longlora_attention"), cfg.ablations.longlora_attention)
-    assert claim_verdicts(rows) == ["missing", "missing"]
+    assert claim_verdicts(rows) == ["missing", "missing", "missing"]
     assert "missing" in A.build(cfg, dropout_root, dropout_root / "r").split("longlora_attention")[-1]
 
 
-@pytest.mark.parametrize("ppl", [{"full": 10.0, "short": 14.0, "s2_heads": 10.3},
-                                 {"full": 10.0, "short": 9.0, "s2_heads": 12.0}])
+@pytest.mark.parametrize("ppl", [{"full": 10.0, "short": 14.0, "s2_heads": 10.3, "only_pattern2": 11.0},
+                                 {"full": 10.0, "short": 9.0, "s2_heads": 12.0, "only_pattern2": 11.0}])
 def test_attention_claims_both_directions(tmp_path, ppl):
     cfg = make_cfg(longlora_attention=ATTENTION)
     for v, p in ppl.items():
@@ -159,7 +159,9 @@ def test_attention_claims_both_directions(tmp_path, ppl):
     rows = A.claims("longlora_attention", A.collect(tmp_path, cfg, "longlora_attention"), cfg.ablations.longlora_attention)
     close = abs(ppl["s2_heads"] - ppl["full"]) / ppl["full"] <= 0.05
     worse = ppl["short"] > ppl["s2_heads"]
-    assert claim_verdicts(rows) == ["held" if close else "not held", "held" if worse else "not held"]
+    worse2 = ppl["only_pattern2"] > ppl["s2_heads"]
+    assert claim_verdicts(rows) == ["held" if close else "not held", "held" if worse else "not held",
+                                    "held" if worse2 else "not held"]
 
 
 @pytest.mark.parametrize("last", [(5.0, 4.98), (5.0, 4.0), (30.0, 5.0)])
@@ -216,3 +218,13 @@ def test_dropout_figures_are_png_and_referenced(dropout_root):
         rel = f"figures/ablation_simcse_dropout_{name}.png"
         assert f"({rel})" in page
         assert (dropout_root / "reports" / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table6_paper_values_sit_beside_the_matching_variant(tmp_path):
+    cfg = make_cfg(longlora_attention=ATTENTION)
+    write_variant(tmp_path, "longlora_attention", "s2_heads", **{"ppl@512": 4.321, "ppl_own@512": 4.987})
+    write_variant(tmp_path, "longlora_attention", "full", **{"ppl@512": 4.0})
+    page = A.build(cfg, tmp_path, tmp_path / "r")
+    row = next(line for line in page.splitlines() if line.startswith("| S2-Attn (shift among heads)"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:] == ["8.64", "8.12", "s2_heads", "4.99", "4.32"]  # paper S2 / full, ours S2 / full

@@ -87,8 +87,53 @@ def test_token_stream_concatenates_with_eos_between(bpe):
     stream = token_stream(docs, bpe)
     assert stream.tolist() == _joined(ids, bpe.eos_token_id)
     assert stream[-1] != bpe.eos_token_id
-    for cap in (len(ids[0]), len(ids[0]) + 1, len(ids[0]) + 2, 1):  # caps at and around the first EOS
-        assert token_stream(docs, bpe, max_tokens=cap).tolist() == _joined(ids, bpe.eos_token_id)[:cap]
+    two = len(ids[0]) + 1 + len(ids[1])
+    for cap, n_docs in ((1, 1), (len(ids[0]), 1), (two - 1, 1), (two, 2), (two + 1, 2), (10**6, 3)):
+        # a cap keeps whole documents only (the first one always, however long)
+        assert token_stream(docs, bpe, max_tokens=cap).tolist() == _joined(ids[:n_docs], bpe.eos_token_id)
+
+
+def test_sampled_stream_keeps_long_documents_drawn_at_random(bpe):
+    docs = [" ".join(["the old stone rests ."] * k) for k in (1, 30, 2, 40, 50, 3, 60)]
+    ids = [bpe(d, add_special_tokens=False)["input_ids"] for d in docs]
+    threshold = len(ids[1])  # documents 1, 3, 4 and 6 qualify
+    long_ids = [i for i, t in enumerate(ids) if len(t) >= threshold]
+    assert long_ids == [1, 3, 4, 6]
+    stream = token_stream(docs, bpe, min_doc_tokens=threshold, sample_docs=2, sample_seed=5)
+    import random as _random
+
+    drawn = sorted(_random.Random(5).sample(long_ids, 2))
+    assert stream.tolist() == _joined([ids[i] for i in drawn], bpe.eos_token_id)
+    assert token_stream(docs, bpe, min_doc_tokens=threshold, sample_docs=10).tolist() == _joined(
+        [ids[i] for i in long_ids], bpe.eos_token_id)  # fewer qualify than asked: all are kept
+    with pytest.raises(ValueError, match="min_doc_tokens=100000"):
+        token_stream(docs, bpe, min_doc_tokens=100_000)
+
+
+def test_roles_must_name_eval_sets():
+    from repro.data.lm_data import LMDataConfig
+    from repro.data.text_sources import SourceConfig
+
+    sets = {"books_val": SourceConfig(), "books_test": SourceConfig()}
+    assert LMDataConfig(eval_sets=sets, roles={"pg19_validation": "books_val"}).roles["pg19_validation"] == "books_val"
+    with pytest.raises(ValueError, match="roles.pg19_test='nope' names no entry"):
+        LMDataConfig(eval_sets=sets, roles={"pg19_test": "nope"})
+    with pytest.raises(ValueError, match="'pg19_valid' is not one of"):
+        LMDataConfig(eval_sets=sets, roles={"pg19_valid": "books_val"})
+
+
+def test_local_shards_split_a_folder_into_disjoint_sets(tmp_path):
+    from repro.data.text_sources import LocalSource, SourceConfig
+
+    for i in range(5):
+        (tmp_path / f"b{i}.txt").write_text(f"book {i}")
+    val = LocalSource(SourceConfig(kind="local", path=str(tmp_path), num_shards=2, shard_index=0))
+    test = LocalSource(SourceConfig(kind="local", path=str(tmp_path), num_shards=2, shard_index=1))
+    assert [p.name for p in val.files()] == ["b0.txt", "b2.txt", "b4.txt"]
+    assert [p.name for p in test.files()] == ["b1.txt", "b3.txt"]
+    assert list(test) == ["book 1", "book 3"]  # whole files
+    with pytest.raises(ValueError, match="shard_index=2 must lie in"):
+        SourceConfig(num_shards=2, shard_index=2)
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -221,9 +266,9 @@ def test_hub_source_streams_with_the_configured_arguments(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     cfg = SourceConfig(kind="hub", hub_name="emozilla/pg19-test", hub_split="test", max_docs=3)
     assert list(build_source(cfg)) == ["doc 0", "doc 1", "doc 2"]
-    assert calls[-1] == (("emozilla/pg19-test", None), {"split": "test", "streaming": True})
+    assert calls[-1] == (("emozilla/pg19-test", None), {"split": "test", "streaming": False})
     files = "hf://datasets/togethercomputer/RedPajama-Data-1T-Sample/*.jsonl"
-    cfg = SourceConfig(kind="hub", hub_name="json", hub_data_files=files, hub_config=None)
+    cfg = SourceConfig(kind="hub", hub_name="json", hub_data_files=files, hub_config=None, streaming=True)
     assert len(list(HubSource(cfg))) == 10
     assert calls[-1][1] == {"split": "train", "streaming": True, "data_files": files}
     with pytest.raises(KeyError, match=r"row 0: no text field 'content'"):
@@ -232,6 +277,54 @@ def test_hub_source_streams_with_the_configured_arguments(monkeypatch):
         build_source(SourceConfig(kind="hub"))
     with pytest.raises(ValueError, match="'ftp'"):
         build_source(SourceConfig(kind="ftp"))
+
+
+REDPAJAMA_SUBSETS = ("arxiv", "book", "c4", "cc_2019-30", "cc_2020-05", "cc_2021-04", "cc_2022-05", "cc_2023-06",
+                     "github", "stackexchange", "wikipedia")
+
+
+def _redpajama_sample_folder(root):
+    """RedPajama-Data-1T-Sample's layout: one ``<subset>_sample.jsonl`` per subset, rows {text, meta}."""
+    folder = root / "RedPajama-Data-1T-Sample"
+    folder.mkdir()
+    for subset in REDPAJAMA_SUBSETS:
+        rows = [{"text": f"{subset} document {i}", "meta": json.dumps({"source": subset, "id": i})} for i in range(40)]
+        (folder / f"{subset}_sample.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return folder
+
+
+def test_redpajama_layout_offline_all_subsets_before_the_cap(tmp_path, bpe):
+    folder = _redpajama_sample_folder(tmp_path)
+    cfg = SourceConfig(kind="hub", hub_name="json", hub_data_files=str(folder / "*.jsonl"), text_field="text",
+                       shuffle_seed=0)
+    docs = list(HubSource(cfg))
+    assert len(docs) == 40 * len(REDPAJAMA_SUBSETS)
+    first = {d.split(" ")[0] for d in docs[:60]}  # what a cap of ~60 documents would keep
+    assert first == set(REDPAJAMA_SUBSETS)
+    in_file_order = list(HubSource(SourceConfig(kind="hub", hub_name="json", hub_data_files=str(folder / "*.jsonl"))))
+    assert {d.split(" ")[0] for d in in_file_order[:60]} == {"arxiv", "book"}  # the bias the shuffle removes
+    assert docs == list(HubSource(cfg))  # seeded
+
+
+def test_pg19_and_proof_pile_layouts_offline(tmp_path, bpe):
+    import datasets
+
+    pg19 = tmp_path / "pg19-test" / "data"
+    pg19.mkdir(parents=True)
+    rows = {"short_book_title": ["A", "B"], "publication_date": [1900, 1901], "url": ["u1", "u2"],
+            "text": ["first book text .", "second book text ."]}
+    datasets.Dataset.from_dict(rows).to_parquet(str(pg19 / "test-00000-of-00001.parquet"))
+    got = list(HubSource(SourceConfig(kind="hub", hub_name=str(pg19.parent), hub_split="test")))
+    assert got == rows["text"]
+    proof = tmp_path / "proof-pile" / "test"
+    proof.mkdir(parents=True)
+    import gzip
+
+    with gzip.open(proof / "proofpile_test.jsonl.gz", "wt") as f:
+        for i in range(3):
+            f.write(json.dumps({"text": f"\\begin{{proof}} {i} \\end{{proof}}", "meta": {"config": "arxiv"}}) + "\n")
+    cfg = SourceConfig(kind="hub", hub_name="json", hub_data_files=str(proof / "*.jsonl.gz"))
+    assert list(HubSource(cfg)) == [f"\\begin{{proof}} {i} \\end{{proof}}" for i in range(3)]
 
 
 # ---------------------------------------------------------------- prepare + cache
@@ -319,6 +412,11 @@ def test_interrupted_write_leaves_no_half_file(tmp_path, monkeypatch):
     assert lm_data._cached(path, "fp1") is None  # without a sidecar the array is rebuilt, not trusted
 
 
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
 def test_prepare_too_few_tokens(tmp_path):
     cfg = _tiny_cfg(train=SourceConfig(kind="synthetic", num_docs=1, passkey_fraction=0.0))
     tok_docs = list(generate_documents(seed=0, num_docs=1, passkey_fraction=0.0))
@@ -329,9 +427,12 @@ def test_prepare_too_few_tokens(tmp_path):
     n = len(tok(tok_docs[0], add_special_tokens=False)["input_ids"])
     with pytest.raises(ValueError, match=rf"{n} available, 4096 needed"):
         prepare_lm_data(cfg, tmp_path, context_length=4096)
-    cfg = _tiny_cfg(max_eval_tokens=40)
-    with pytest.raises(ValueError, match=r"eval set 'heldout' .*: 40 available, 65 needed"):
+    short = "the old stone rests ."
+    cfg = _tiny_cfg(eval_sets={"heldout": SourceConfig(kind="local", path=str(_write(tmp_path / "e.txt", short)))})
+    with pytest.raises(ValueError, match=r"eval set 'heldout' \(kind='local'\): (\d+) available, 65 needed") as err:
         prepare_lm_data(cfg, tmp_path, context_length=64)
+    n = len(AutoTokenizer.from_pretrained(tmp_path / "tokenizer")(short, add_special_tokens=False)["input_ids"])
+    assert f": {n} available" in str(err.value)
 
 
 def test_packed_blocks_dataset(tmp_path):
@@ -371,9 +472,27 @@ def test_data_group_composes_under_longlora_data(tmp_path):
     with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
         composed = compose("root", overrides=["data=local", "longlora.data.max_eval_tokens=99"])
     cfg = lm_data_config_from_dict(composed.longlora.data)
-    assert cfg.eval_sets["pg19"].glob == "*.txt" and cfg.max_eval_tokens == 99
+    assert cfg.eval_sets["pg19_validation"].glob == "*.txt" and cfg.max_eval_tokens == 99
+    assert set(cfg.eval_sets) == {"pg19_validation", "pg19_test", "proof_pile_test"}  # no synthetic set left over
+    assert cfg.roles == {r: r for r in ("pg19_validation", "pg19_test", "proof_pile_test")}
+    assert cfg.eval_sets["proof_pile_test"].min_doc_tokens == 32768 and cfg.eval_sets["proof_pile_test"].sample_docs == 128
 
 
 def test_config_typo_is_named():
     with pytest.raises(Exception, match="knd"):
         lm_data_config_from_dict({"train": {"knd": "local"}})
+
+
+def test_redpajama_layout_tokenised_with_datasets_map_and_capped(tmp_path, bpe):
+    """The training path on the hub layout: shuffled rows, datasets.map tokenisation, the token cap."""
+    from repro.data.lm_data import train_token_cap
+
+    folder = _redpajama_sample_folder(tmp_path)
+    src = SourceConfig(kind="hub", hub_name="json", hub_data_files=str(folder / "*.jsonl"), shuffle_seed=0)
+    lists = HubSource(src).token_lists(bpe, num_proc=1, max_tokens=0, chunk_docs=100)
+    docs = list(HubSource(src))  # the same shuffled order, read row by row
+    assert [t.tolist() for t in lists] == [bpe(d, add_special_tokens=False)["input_ids"] for d in docs]
+    capped = HubSource(src).token_lists(bpe, num_proc=1, max_tokens=50, chunk_docs=7)
+    assert 7 <= len(capped) < len(lists) and len(capped) % 7 == 0  # stops after the chunk passing the cap
+    assert train_token_cap(1000, 64, 8192, 0.02) == 534_773_760
+    assert train_token_cap(10, 4, 512, 0.0) == 20_480

@@ -207,6 +207,29 @@ def test_save_trained_reload_and_export_merged(tmp_path, base_dir, tokenizer_dir
     reloaded = load_trained(load_for_context(base_dir, target), saved)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=x).logits, ref, atol=1e-5, rtol=0)
+    if mode == "lora_plus":
+        # The reference's released layout, built as get_trainable_weights.py builds it from the full state
+        # dict: LoRA weights -> adapter_model.bin, embed/norm weights -> trainable_params.bin (k[17:]).
+        import json
+        import shutil
+
+        from safetensors.torch import load_file
+
+        full = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        reference = {k[17:]: v for k, v in full.items() if "lora" not in k and any(n in k for n in ("embed", "norm"))}
+        ours = torch.load(saved / "trainable_params.bin", weights_only=True)
+        assert set(ours) == set(reference) - {"lm_head.weight"}  # tied to the embedding: stored once
+        for k in ours:
+            torch.testing.assert_close(ours[k], reference[k])
+        released = tmp_path / "released"
+        released.mkdir()
+        shutil.copy(saved / "adapter_config.json", released / "adapter_config.json")
+        torch.save(load_file(str(saved / "adapter_model.safetensors")), released / "adapter_model.bin")
+        torch.save(reference, released / "trainable_params.bin")
+        assert json.loads((released / "adapter_config.json").read_text())["r"] == 8
+        from_release = load_trained(load_for_context(base_dir, target), released)
+        with torch.no_grad():
+            torch.testing.assert_close(from_release(input_ids=x).logits, ref, atol=1e-5, rtol=0)
 
     exported = export_merged(reloaded, tmp_path / "merged", tokenizer=PreTrainedTokenizerFast.from_pretrained(
         tokenizer_dir))

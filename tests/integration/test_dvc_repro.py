@@ -57,7 +57,9 @@ def test_repro_produces_metrics_plots_and_reports(repro_copy):
     ev = json.loads((dest / "metrics/longlora/eval.json").read_text())
     for model in ("base_pi", "finetuned"):
         assert any(k.startswith(f"{model}/") and "/ppl@512" in k for k in ev)
-        assert f"{model}/passkey@512" in ev
+        assert f"{model}/passkey@512" in ev and f"{model}/passkey@768" in ev  # beyond the trained 512
+        for set_name in ("synthetic_validation", "synthetic_test", "synthetic_facts_sampled"):  # the three roles
+            assert f"{model}/{set_name}/ppl@512" in ev and f"{model}/{set_name}/ppl_s2@512" in ev
     train = json.loads((dest / "metrics/longlora/train.json").read_text())
     assert train["train/steps"] == 12 and train["train/pi_factor"] == 4
     for run in ("unsup", "sup"):
@@ -145,7 +147,7 @@ def test_hydra_multirun_is_one_wandb_run_per_job_in_one_group(repro_copy):
     jobs = sorted((dest / "multirun" / "attn").glob("[0-9]*"))
     assert len(jobs) == 2
     for job in jobs:
-        assert "finetuned/synthetic_heldout/ppl@512" in json.loads((job / "metrics/longlora/eval.json").read_text())
+        assert "finetuned/synthetic_validation/ppl@512" in json.loads((job / "metrics/longlora/eval.json").read_text())
     new = [read_offline_run(d) for d in set(find_offline_runs(dest / "wandb")) - before]
     train_runs = [r for r in new if r["run"]["job_type"] == "train"]
     assert len(train_runs) == 2

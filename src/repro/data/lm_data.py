@@ -21,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import random
 import re
 import shutil
 from collections.abc import Iterable
@@ -34,9 +36,12 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from repro.data.text_sources import SourceConfig, build_source, source_identity
+from repro.data.packed import PackedBlocks  # noqa: F401  (re-exported)
+from repro.data.token_cache import load_array, read_sidecar, sha256_file, sidecar, write_array  # noqa: F401
 from repro.data.tokenizer import TokenizerConfig, build_tokenizer, token_dtype_for
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+EVAL_ROLES = ("pg19_validation", "pg19_test", "proof_pile_test")
 TOKENIZER_FINGERPRINT_FILE = "repro_fingerprint.json"
 _EVAL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -49,8 +54,15 @@ class LMDataConfig:
         train: documents to pack into training blocks (RedPajama in the paper).
         eval_sets: name -> documents for a perplexity token stream (PG19 and proof-pile test in the paper).
         tokenizer: the tokenizer config.
-        max_train_tokens: cap on the joined training stream before packing (0 = no cap).
-        max_eval_tokens: cap on each evaluation stream (0 = no cap).
+        max_train_tokens: cap on the joined training stream before packing (0 = no cap; -1 = derived
+            from the schedule by :func:`train_token_cap`).
+        train_token_margin: extra share of tokens the derived cap adds (the packing remainder is dropped).
+        num_proc: processes for ``datasets.map`` tokenisation of hub sources (``fine-tune.py``'s ``num_proc``).
+        max_eval_tokens: cap on each evaluation stream (0 = no cap); whole documents only, so long
+            documents are never cut (the first document is kept whole even when it alone exceeds it).
+        roles: the paper's evaluation sets -> the ``eval_sets`` entry that plays each role
+            (``pg19_validation``: Table 2, Table 6, Figure 5 and step 0; ``pg19_test``: Table 4;
+            ``proof_pile_test``: Table 3, sampled as ``test_sampled_data.bin``).
     """
 
     train: SourceConfig = field(default_factory=SourceConfig)
@@ -58,6 +70,17 @@ class LMDataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_train_tokens: int = 0
     max_eval_tokens: int = 0
+    train_token_margin: float = 0.0
+    num_proc: int = 1
+    roles: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for role, name in self.roles.items():
+            if role not in EVAL_ROLES:
+                raise ValueError(f"longlora.data.roles key {role!r} is not one of {EVAL_ROLES}")
+            if name not in self.eval_sets:
+                raise ValueError(f"longlora.data.roles.{role}={name!r} names no entry of eval_sets "
+                                 f"({sorted(self.eval_sets)})")
 
 
 def lm_data_config_from_dict(data: Any) -> LMDataConfig:
@@ -73,6 +96,11 @@ def register_lm_data_config(name: str = "lm_data_schema", group: str = "data") -
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(group=group, name=name, node=LMDataConfig, package="longlora.data")
+
+
+def train_token_cap(max_steps: int, global_batch: int, context_length: int, margin: float) -> int:
+    """Tokens a run consumes, ``steps x global batch x context``, plus ``margin`` of that (rounded up)."""
+    return math.ceil(int(max_steps) * int(global_batch) * int(context_length) * (1.0 + float(margin)))
 
 
 def _fingerprint(obj: Any) -> str:
@@ -157,105 +185,56 @@ def pack_documents(
     return stream[: n_blocks * block_size].reshape(n_blocks, block_size)  # [T'] -> [N, block_size]
 
 
+def select_documents(lists: list[np.ndarray], min_tokens: int = 0, sample: int = 0, seed: int = 0) -> list[np.ndarray]:
+    """Documents of at least ``min_tokens`` tokens, then ``sample`` of them drawn without replacement.
+
+    Mirrors how ``test_sampled_data.bin`` was built from proof-pile's test split (128 documents drawn at
+    random among those with at least 32768 tokens). The drawn documents keep their original order; when
+    fewer than ``sample`` qualify, all of them are kept.
+    """
+    keep = [i for i, toks in enumerate(lists) if len(toks) >= min_tokens]
+    if sample and len(keep) > sample:
+        keep = sorted(random.Random(seed).sample(keep, sample))
+    return [lists[i] for i in keep]
+
+
+def whole_documents(lists: list[np.ndarray], max_tokens: int) -> list[np.ndarray]:
+    """The leading documents whose EOS-joined length stays within ``max_tokens`` (0 = all; at least one)."""
+    if not max_tokens:
+        return lists
+    out, total = [], -1
+    for toks in lists:
+        total += len(toks) + 1
+        if out and total > max_tokens:
+            break
+        out.append(toks)
+    return out
+
+
 def token_stream(
-    docs: Iterable[str], tokenizer: PreTrainedTokenizerBase, max_tokens: int = 0, dtype=np.int64
+    docs: Iterable[str], tokenizer: PreTrainedTokenizerBase, max_tokens: int = 0, dtype=np.int64,
+    min_doc_tokens: int = 0, sample_docs: int = 0, sample_seed: int = 0,
 ) -> np.ndarray:
     """An evaluation token stream: documents tokenised and concatenated with EOS between them.
 
-    This is the flat token file LongLoRA's perplexity evaluation slides its window over (PG19 / proof-pile
-    test); no BOS is added and no EOS follows the last document.
+    This is the flat token file LongLoRA's perplexity evaluation slides its window over (``pg19/*.bin``,
+    ``proof-pile/test_sampled_data.bin``); no BOS is added and no EOS follows the last document. Documents
+    are first selected (:func:`select_documents`), then capped to whole documents (:func:`whole_documents`).
 
     Returns:
-        ``dtype`` array [T], at most ``max_tokens`` long when ``max_tokens`` > 0.
+        ``dtype`` array [T].
     """
-    lists = tokenize_documents(docs, tokenizer, max_tokens)
-    return _join_with_eos(lists, tokenizer.eos_token_id, max_tokens, dtype)
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary sibling, fsync it, then ``os.replace`` it onto ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_array(path: Path, array: np.ndarray, fingerprint: str, config: Any) -> dict:
-    """Write ``array`` as ``.npy`` and its checksum sidecar, both atomically; return the sidecar dict.
-
-    The old sidecar is removed first, so an interrupted write never pairs a new array with an old record.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _sidecar(path).unlink(missing_ok=True)
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
-    meta = {"file": path.name, "sha256": _sha256_file(path), "dtype": str(array.dtype),
-            "shape": list(array.shape), "num_tokens": int(array.size),
-            "fingerprint": fingerprint, "config": config}
-    _atomic_write(_sidecar(path), lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True).encode()))
-    return meta
-
-
-def _read_sidecar(path: Path) -> dict:
-    side = _sidecar(path)
-    try:
-        return json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        msg = f"corrupt cache {path}: unreadable sidecar {side} ({exc}); delete it and rerun"
-        raise ValueError(msg) from None
-
-
-def load_array(path: Path, mmap: bool = False) -> np.ndarray:
-    """Load a cached array after checking its sha256, dtype and shape against the sidecar.
-
-    Raises:
-        FileNotFoundError: the array or its sidecar is missing (named).
-        ValueError: ``corrupt cache <file> ... delete it and rerun`` on any mismatch.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"cached array {path} does not exist; run the prepare stage")
-    if not _sidecar(path).is_file():
-        raise FileNotFoundError(f"cached array {path} has no sidecar {_sidecar(path).name}; delete it, rerun")
-    meta = _read_sidecar(path)
-    actual = _sha256_file(path)
-    if actual != meta.get("sha256"):
-        raise ValueError(
-            f"corrupt cache {path}: sha256 {actual[:12]}… does not match the recorded "
-            f"{str(meta.get('sha256'))[:12]}…; delete it and rerun"
-        )
-    array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    if str(array.dtype) != meta.get("dtype") or list(array.shape) != meta.get("shape"):
-        raise ValueError(
-            f"corrupt cache {path}: dtype/shape {array.dtype}/{list(array.shape)} differ from the sidecar "
-            f"{meta.get('dtype')}/{meta.get('shape')}; delete it and rerun"
-        )
-    return array
+    lists = select_documents(tokenize_documents(docs, tokenizer), min_doc_tokens, sample_docs, sample_seed)
+    if not lists:
+        raise ValueError(f"no document has at least min_doc_tokens={min_doc_tokens} tokens")
+    return _join_with_eos(whole_documents(lists, max_tokens), tokenizer.eos_token_id, 0, dtype)
 
 
 def _cached(path: Path, fingerprint: str) -> Optional[np.ndarray]:
     """The verified cached array when its sidecar carries ``fingerprint``; ``None`` when it must be built."""
-    if not (path.is_file() and _sidecar(path).is_file()):
+    if not (path.is_file() and sidecar(path).is_file()):
         return None
-    if _read_sidecar(path).get("fingerprint") != fingerprint:
+    if read_sidecar(path).get("fingerprint") != fingerprint:
         return None
     return load_array(path, mmap=True)
 
@@ -283,7 +262,7 @@ def _prepare_tokenizer(
     saved = json.loads(marker.read_text()) if marker.is_file() else {}
     if saved.get("fingerprint") == fingerprint:
         for name, sha in saved.get("sha256", {}).items():
-            if not (tok_dir / name).is_file() or _sha256_file(tok_dir / name) != sha:
+            if not (tok_dir / name).is_file() or sha256_file(tok_dir / name) != sha:
                 raise ValueError(f"corrupt cache {tok_dir / name}: checksum mismatch; delete it and rerun")
         return AutoTokenizer.from_pretrained(tok_dir), True
     texts = build_source(cfg.train, base_dir) if cfg.tokenizer.kind == "bpe" else None
@@ -291,7 +270,7 @@ def _prepare_tokenizer(
     tmp = tok_dir.with_name(f".{tok_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer.save_pretrained(tmp)
-    sums = {p.name: _sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     (tmp / TOKENIZER_FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": fingerprint, "sha256": sums}))
     shutil.rmtree(tok_dir, ignore_errors=True)
     os.replace(tmp, tok_dir)
@@ -352,8 +331,15 @@ def prepare_lm_data(
     )
     dtype = token_dtype_for(tokenizer)
 
+    if cfg.max_train_tokens < 0:
+        raise ValueError("longlora.data.max_train_tokens=-1 (derived) must be resolved with train_token_cap first")
+
     def pack_train() -> np.ndarray:
-        lists = tokenize_documents(build_source(cfg.train, base_dir), tokenizer, cfg.max_train_tokens)
+        source = build_source(cfg.train, base_dir)
+        if cfg.train.kind == "hub" and not cfg.train.streaming:  # fine-tune.py: datasets.map(..., num_proc)
+            lists = source.token_lists(tokenizer, cfg.num_proc, cfg.max_train_tokens)
+        else:
+            lists = tokenize_documents(source, tokenizer, cfg.max_train_tokens)
         try:
             return pack_documents(lists, context_length, tokenizer.eos_token_id, cfg.max_train_tokens, dtype)
         except ValueError as exc:
@@ -372,7 +358,8 @@ def prepare_lm_data(
         eval_paths[name] = out_dir / "eval" / f"{name}.npy"
         stream, reused[f"eval/{name}"] = _reuse_or_build(
             eval_paths[name],
-            lambda src=src: token_stream(build_source(src, base_dir), tokenizer, cfg.max_eval_tokens, dtype),
+            lambda src=src: token_stream(build_source(src, base_dir), tokenizer, cfg.max_eval_tokens, dtype,
+                                         src.min_doc_tokens, src.sample_docs, src.sample_seed),
             {"tokenizer": tok_fp, "source": source_identity(src, base_dir),
              "max_eval_tokens": cfg.max_eval_tokens},
         )
@@ -391,35 +378,3 @@ def prepare_lm_data(
         eval_tokens=eval_tokens,
         reused=reused,
     )
-
-
-class PackedBlocks(torch.utils.data.Dataset):
-    """The packed training blocks of ``train.npy`` as causal-LM examples (labels = inputs; the model shifts).
-
-    The file is checksum-verified once, then memory-mapped lazily in each process, so DataLoader workers
-    share the page cache instead of copying the array.
-    """
-
-    def __init__(self, path: Path, verify: bool = True):
-        self.path = Path(path)
-        blocks = load_array(self.path, mmap=True) if verify else np.load(self.path, mmap_mode="r")
-        if blocks.ndim != 2:
-            raise ValueError(f"{self.path}: expected packed blocks [N, context], got shape {blocks.shape}")
-        self.shape = tuple(blocks.shape)
-        self._blocks: Optional[np.ndarray] = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_blocks": None}
-
-    @property
-    def blocks(self) -> np.ndarray:
-        if self._blocks is None:
-            self._blocks = np.load(self.path, mmap_mode="r")
-        return self._blocks
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        ids = torch.from_numpy(np.asarray(self.blocks[index], dtype=np.int64))  # [context]
-        return {"input_ids": ids, "labels": ids.clone()}

@@ -19,8 +19,8 @@ perplexity; its only purpose is that *context length matters measurably*:
   so the subject token directly precedes the first digit, with no shared separator in between), and
   the code digits of a document are dealt from shuffled decks of the ten digits, so with at most ten
   code digits per document every digit occurs in one statement only and has a single successor.
-* **Passkey documents.** The prompt of :mod:`repro.data.passkey_format` (task description, filler, the
-  information line at a random filler position, the question) followed by the key, so the answer
+* **Passkey documents.** The prompt of :mod:`repro.data.passkey_format` (task description, filler cut
+  at a random character, the information line, the rest of the filler, the question, newline-joined) followed by the key, so the answer
   completes the question exactly as the passkey evaluation asks it (LongLoRA §4.2; Mohtashami & Jaggi,
   2023). Training on them makes passkey retrieval learnable at these sizes.
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from repro.data.passkey_format import build_passkey_prompt
+from repro.data.passkey_format import FILLER, build_passkey_prompt
 
 FACT_SUBJECTS = (
     "ravens", "otters", "foxes", "herons", "wolves", "badgers",
@@ -47,7 +47,7 @@ FILLER_VERBS = ("stands", "waits", "rests", "sleeps")
 # keeps copy events dense enough for a tiny model to learn copying within a few hundred steps.
 LONG_FACT_FRACTION = 0.5
 # Bumped whenever the generated text changes, so caches built by an older generator are rebuilt.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 def fact_statement(subject: str, code: str) -> str:
@@ -103,15 +103,18 @@ def fact_document(
 
 
 def passkey_document(rng: random.Random, max_filler: int) -> str:
-    """A passkey prompt (random key, length and insertion point) completed by its key.
+    """A passkey prompt (random key, filler length and insertion point) completed by its key.
 
-    With probability ``LONG_FACT_FRACTION`` the filler count is uniform in ``1..max_filler``, else 1.
+    The key is drawn from ``1..49999`` as in the reference; the filler holds ``n_filler`` sentences' worth
+    of characters, with ``n_filler`` uniform in ``1..max_filler`` with probability ``LONG_FACT_FRACTION``,
+    else 1, split at a uniformly random character.
     """
-    passkey = str(rng.randint(10000, 99999))
+    passkey = str(rng.randint(1, 49999))
     # As for facts: half of the documents are short (one filler), so copying is learnt within 128 tokens.
     n_filler = rng.randint(1, max_filler) if rng.random() < LONG_FACT_FRACTION else 1
-    insert_at = rng.randint(0, n_filler)
-    return f"{build_passkey_prompt(passkey, n_filler, insert_at)} {passkey}."
+    n_garbage = n_filler * (len(FILLER) + 1)
+    n_prefix = rng.randint(0, n_garbage)
+    return f"{build_passkey_prompt(passkey, n_prefix, n_garbage - n_prefix)} {passkey}."
 
 
 def generate_documents(

@@ -57,6 +57,17 @@ class SourceConfig:
         code_digits: digits per fact code (``synthetic``).
         filler_sentences: filler sentences per fact document (``synthetic``).
         passkey_max_filler: most filler repetitions in a passkey document (``synthetic``).
+        num_shards, shard_index: keep every ``num_shards``-th file of a local directory starting at
+            ``shard_index`` (sorted order), so one folder of books yields disjoint PG19-style validation
+            and test sets with whole books in each.
+        min_doc_tokens: keep only documents with at least this many tokens (proof-pile's
+            ``test_sampled_data.bin``: 32768); applied when the stream is tokenised.
+        sample_docs: then keep this many documents drawn at random without replacement (128 there; all
+            when fewer qualify), in their original order; 0 = all.
+        sample_seed: seed of that draw.
+        streaming: stream the hub dataset instead of loading it whole (``fine-tune.py`` loads it whole).
+        shuffle_seed: shuffle a hub dataset's rows with this seed before reading (``None`` = file order),
+            so a token cap samples every subset of the RedPajama sample instead of its first files.
     """
 
     kind: str = "synthetic"
@@ -77,6 +88,20 @@ class SourceConfig:
     code_digits: int = 5
     filler_sentences: int = 60
     passkey_max_filler: int = 18
+    num_shards: int = 1
+    shard_index: int = 0
+    min_doc_tokens: int = 0
+    sample_docs: int = 0
+    sample_seed: int = 0
+    streaming: bool = False
+    shuffle_seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})")
+        for name in ("min_doc_tokens", "sample_docs", "max_docs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def decode_utf8(data: bytes, name: str, errors: str = "strict") -> str:
@@ -136,7 +161,9 @@ def strip_gutenberg_boilerplate(text: str) -> str:
 class HubSource:
     """Stream documents from a Hugging Face dataset, as LongLoRA reads RedPajama, PG19 and proof-pile.
 
-    Streaming avoids downloading the whole RedPajama sample; only the rows actually read are fetched.
+    ``fine-tune.py`` loads the whole RedPajama sample (``load_dataset(...)``, then ``Trainer`` samples it at
+    random); ``streaming: true`` fetches only the rows read. A local folder in the hub repository's layout
+    loads with the same builder (``hub_name`` = the folder), which is how the tests run this path offline.
     """
 
     def __init__(self, cfg: SourceConfig):
@@ -144,14 +171,57 @@ class HubSource:
             raise ValueError("source kind 'hub' needs hub_name (e.g. emozilla/pg19-test, or json)")
         self.cfg = cfg
 
-    def __iter__(self) -> Iterator[str]:
+    def dataset(self):
+        """The ``datasets`` dataset (an ``IterableDataset`` when streaming) the rows come from."""
         import datasets
 
         cfg = self.cfg
         kwargs = {"data_files": cfg.hub_data_files} if cfg.hub_data_files else {}
-        rows = datasets.load_dataset(
-            cfg.hub_name, cfg.hub_config, split=cfg.hub_split, streaming=True, **kwargs
-        )
+        return datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=cfg.hub_split, streaming=cfg.streaming,
+                                     **kwargs)
+
+    def rows(self):
+        """The dataset, shuffled with ``shuffle_seed`` when it is set, cut to ``max_docs``."""
+        cfg = self.cfg
+        rows = self.dataset()
+        if cfg.shuffle_seed is not None:
+            rows = rows.shuffle(seed=cfg.shuffle_seed, **({"buffer_size": 10_000} if cfg.streaming else {}))
+        if cfg.max_docs and not cfg.streaming and hasattr(rows, "select"):
+            rows = rows.select(range(min(cfg.max_docs, len(rows))))
+        return rows
+
+    def token_lists(self, tokenizer, num_proc: int = 1, max_tokens: int = 0, chunk_docs: int = 20_000) -> list:
+        """Token ids per document via ``datasets.map(batched=True, num_proc=...)``, as ``fine-tune.py`` tokenises.
+
+        Runs over the shuffled rows chunk by chunk and stops after the chunk that passes ``max_tokens``
+        (documents plus one separator each), so a cap never tokenises the whole 1T sample.
+        """
+        import numpy as np
+
+        field = self.cfg.text_field
+        rows = self.rows()
+        if field not in rows.column_names:
+            raise KeyError(f"{self.cfg.hub_name}[{self.cfg.hub_split}]: no text field {field!r} "
+                           f"(fields: {sorted(rows.column_names)})")
+
+        def encode(batch):
+            return {"input_ids": tokenizer(batch[field], add_special_tokens=False)["input_ids"]}
+
+        out, total = [], 0
+        for lo in range(0, len(rows), chunk_docs):
+            part = rows.select(range(lo, min(lo + chunk_docs, len(rows))))
+            part = part.map(encode, batched=True, num_proc=num_proc if num_proc > 1 else None,
+                            remove_columns=part.column_names)
+            for ids in part["input_ids"]:
+                out.append(np.asarray(ids, dtype=np.int32))
+                total += len(ids) + 1
+            if max_tokens and total > max_tokens:
+                break
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        cfg = self.cfg
+        rows = self.rows()
         for i, row in enumerate(rows):
             if cfg.max_docs and i >= cfg.max_docs:
                 return
@@ -186,6 +256,7 @@ class LocalSource:
         pattern = self.cfg.glob or "*"
         suffixes = TEXT_SUFFIXES + JSONL_SUFFIXES
         found = sorted(p for p in self.path.glob(pattern) if p.is_file() and p.suffix in suffixes)
+        found = found[self.cfg.shard_index :: self.cfg.num_shards]
         if not found:
             raise FileNotFoundError(
                 f"local source directory {self.path} has no {'/'.join(suffixes)} files matching "

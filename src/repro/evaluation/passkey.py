@@ -1,27 +1,26 @@
-"""Passkey retrieval (LongLoRA §4.2, Figure 4; prompt format of Mohtashami & Jaggi, 2023).
+"""Passkey retrieval as LongLoRA's ``passkey_retrivial.py`` measures it (§4.2, Figure 4).
 
-For each target length the evaluator runs ``trials`` seeded trials. A trial draws a random 5-digit
-key and an insertion position from a generator seeded by ``(passkey_seed, length)``, so keys and
-positions depend on the seed and the length only, never on the model. The number of filler
-sentences is chosen once per length by a search with the actual tokenizer: the largest count whose
-prompt is at most the target length in tokens. The model completes the prompt greedily and a trial
-is correct when the first run of digits in the generated text (whitespace removed) equals the key.
+Test points lie every ``interval`` tokens up to ``max_tokens`` (``range(max_tokens // interval)``). Point
+``i`` uses ``n_garbage = int(3.75 * (i + 1) * interval // 1024 * 1024)`` filler characters (the reference's
+rough characters-per-token ratio), and trial ``k`` of ``num_tests`` builds its prompt with seed ``k``
+(:func:`repro.data.passkey_format.generate_passkey_prompt`), so every model sees the same prompts. The
+prompt is tokenised as the reference does (the tokenizer's special tokens included), the key alone
+without special tokens (the reference's ``input_ids[:, 1:]`` drops Llama's BOS), the model generates
+greedily exactly as many tokens as the key has, and a trial is correct when those tokens equal the key's
+tokens one for one. A point reports its accuracy and the mean prompt length in tokens
+(``total_tokens // num_tests``, the reference's x-axis).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from repro.data.passkey_format import build_passkey_prompt
+from repro.data.passkey_format import garbage_length, generate_passkey_prompt
 from repro.evaluation.perplexity import LMEvalConfig, autocast_context, build_lm_eval_config, model_device
-
-_PROBE_KEY = "00000"
 
 
 @dataclass
@@ -29,62 +28,55 @@ class PasskeyTrial:
     """One passkey trial.
 
     Attributes:
-        length: target prompt length in tokens.
-        prompt_tokens: actual prompt length in tokens (<= ``length``).
-        n_filler: filler sentences in the prompt.
-        key: the 5-digit key.
-        position: fillers placed before the key line.
-        generated: decoded new tokens.
-        correct: whether the first run of digits in ``generated`` equals ``key``.
+        target: the test point (a multiple of ``interval``), in tokens.
+        seed: the trial's seed (its index, as in the reference).
+        n_garbage: filler characters in the prompt.
+        prompt_tokens: prompt length in tokens.
+        key: the key, as a string of digits.
+        generated: decoded generated tokens.
+        correct: whether the generated token ids equal the key's token ids.
     """
 
-    length: int
+    target: int
+    seed: int
+    n_garbage: int
     prompt_tokens: int
-    n_filler: int
     key: str
-    position: int
     generated: str
     correct: bool
 
 
 @dataclass
 class PasskeyResult:
-    """Per-length accuracy plus every trial's record."""
+    """Per-test-point accuracy and mean prompt length, plus every trial's record."""
 
     accuracy: dict[int, float]
+    mean_tokens: dict[int, int]
     trials: list[PasskeyTrial]
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
-        """Flat metric keys, e.g. ``eval/passkey_acc@8192``."""
-        return {f"{prefix}/passkey_acc@{length}": acc for length, acc in self.accuracy.items()}
+        """Flat metric keys, e.g. ``eval/passkey_acc@8192`` (keyed by the test point)."""
+        return {f"{prefix}/passkey_acc@{target}": acc for target, acc in self.accuracy.items()}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per test point: ``target``, ``length`` (mean prompt tokens, the reference's x-axis), ``accuracy``."""
+        return [{"target": t, "length": self.mean_tokens[t], "accuracy": a} for t, a in self.accuracy.items()]
 
     def records(self) -> list[dict[str, Any]]:
         """Trials as plain dicts (for a CSV/JSON plot file)."""
         return [asdict(t) for t in self.trials]
 
 
-def passkey_is_correct(generated: str, key: str) -> bool:
-    """True when the first run of digits in ``generated``, whitespace removed, equals ``key``."""
-    match = re.search(r"\d+", re.sub(r"\s+", "", generated))
-    return match is not None and match.group(0) == key
-
-
-def draw_trials(seed: int, length: int, trials: int, n_filler: int) -> list[tuple[str, int]]:
-    """Seeded ``(key, position)`` pairs for one length.
-
-    Keys are uniform over 10000..99999 (always five digits); positions over ``0..n_filler``.
-    The generator is seeded by ``(seed, length)`` so each length gets its own reproducible draws.
-    """
-    rng = np.random.default_rng([int(seed), int(length)])
-    return [(str(int(rng.integers(10_000, 100_000))), int(rng.integers(0, n_filler + 1))) for _ in range(trials)]
+def passkey_points(interval: int, max_tokens: int) -> list[int]:
+    """The reference's test points ``(i + 1) * interval`` for ``i < max_tokens // interval``."""
+    return [(i + 1) * int(interval) for i in range(int(max_tokens) // int(interval))]
 
 
 class PasskeyEvaluator:
-    """Greedy passkey retrieval accuracy at several prompt lengths.
+    """Greedy passkey retrieval accuracy at the reference's test points.
 
     Args:
-        tokenizer: a Hugging Face tokenizer (callable, with ``decode``); its special tokens count
-            towards the prompt length, since the model sees them.
+        tokenizer: a Hugging Face tokenizer (callable, with ``decode``).
         config: evaluation settings (``passkey_*`` fields and ``bf16``).
     """
 
@@ -92,35 +84,18 @@ class PasskeyEvaluator:
         self.tokenizer = tokenizer
         self.config = build_lm_eval_config(config) if config is not None else LMEvalConfig()
 
-    def count_tokens(self, text: str) -> int:
-        """Number of token ids the tokenizer produces for ``text`` (special tokens included)."""
-        return len(self.tokenizer(text)["input_ids"])
+    def points(self, max_tokens: int) -> list[int]:
+        """Test points every ``passkey_interval`` tokens up to ``max_tokens``."""
+        return passkey_points(self.config.passkey_interval, max_tokens)
 
-    def filler_count(self, length: int) -> int:
-        """Largest filler count whose prompt has at most ``length`` tokens (exponential + binary search).
-
-        Raises:
-            ValueError: if even a prompt without filler exceeds ``length``.
-        """
-        fits = lambda n: self.count_tokens(build_passkey_prompt(_PROBE_KEY, n, 0)) <= length  # noqa: E731
-        if not fits(0):
-            need = self.count_tokens(build_passkey_prompt(_PROBE_KEY, 0, 0))
-            raise ValueError(f"passkey length {length} is too short: the prompt without filler has {need} tokens")
-        lo, hi = 0, 1  # invariant: fits(lo) and, after the doubling, not fits(hi)
-        while fits(hi):
-            lo, hi = hi, hi * 2
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        return lo
-
-    def _prompt_ids(self, key: str, n_filler: int, position: int, length: int) -> tuple[list[int], int]:
-        """Token ids of the trial's prompt, dropping fillers if this key tokenises longer than the probe."""
-        while True:
-            ids = list(self.tokenizer(build_passkey_prompt(key, n_filler, min(position, n_filler)))["input_ids"])
-            if len(ids) <= length or n_filler == 0:
-                return ids, n_filler
-            n_filler -= 1
+    def n_garbage(self, target: int) -> int:
+        """Filler characters for the test point ``target`` (a multiple of the interval)."""
+        cfg = self.config
+        interval = cfg.passkey_interval
+        if target % interval:
+            raise ValueError(f"passkey test point {target} is not a multiple of passkey_interval={interval}")
+        return garbage_length(target // interval - 1, interval, cfg.passkey_chars_per_token,
+                              cfg.passkey_garbage_quantum)
 
     def _pad_token_id(self, model: nn.Module) -> int:
         for owner in (self.tokenizer, getattr(model, "generation_config", None), getattr(model, "config", None)):
@@ -132,45 +107,41 @@ class PasskeyEvaluator:
                     return int(value)
         return 0
 
-    def evaluate(self, model: nn.Module, lengths: Sequence[int] | None = None) -> PasskeyResult:
-        """Run all trials at each length (default: ``config.passkey_lengths``).
+    def trial(self, model: nn.Module, target: int, seed: int, device: torch.device, pad_id: int) -> PasskeyTrial:
+        """One trial: the seeded prompt, greedy generation of the key's length, exact token match."""
+        n_garbage = self.n_garbage(target)
+        prompt, key = generate_passkey_prompt(n_garbage, seed)
+        ids = list(self.tokenizer(prompt)["input_ids"])
+        key_ids = list(self.tokenizer(key, add_special_tokens=False)["input_ids"])
+        input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
+        with torch.inference_mode(), autocast_context(device, self.config.bf16):
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                 max_new_tokens=len(key_ids), num_beams=1, do_sample=False,
+                                 pad_token_id=pad_id)  # [1, T + len(key)]
+        new = out[0, len(ids) :].tolist()
+        correct = new == key_ids
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return PasskeyTrial(target, seed, n_garbage, len(ids), key, text, correct)
 
-        Each trial is one greedy ``model.generate`` call (``do_sample=False``) of
-        ``passkey_max_new_tokens`` tokens; trials are looped, so no padding enters the prompt.
-        """
+    def evaluate(self, model: nn.Module, targets: Sequence[int]) -> PasskeyResult:
+        """Run ``passkey_trials`` trials (seeds ``0..trials-1``) at each test point in ``targets``."""
         cfg = self.config
-        lengths = cfg.passkey_lengths if lengths is None else lengths
         device = model_device(model)
         pad_id = self._pad_token_id(model)
         was_training = model.training
         model.eval()
         records: list[PasskeyTrial] = []
         accuracy: dict[int, float] = {}
+        mean_tokens: dict[int, int] = {}
         try:
-            for length in (int(v) for v in lengths):
-                n_filler = self.filler_count(length)
-                correct = 0
-                for key, position in draw_trials(cfg.passkey_seed, length, cfg.passkey_trials, n_filler):
-                    ids, used_filler = self._prompt_ids(key, n_filler, position, length)
-                    input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
-                    with torch.inference_mode(), autocast_context(device, cfg.bf16):
-                        out = model.generate(
-                            input_ids=input_ids,
-                            attention_mask=torch.ones_like(input_ids),
-                            max_new_tokens=cfg.passkey_max_new_tokens,
-                            do_sample=False,
-                            pad_token_id=pad_id,
-                        )  # [1, T + new]
-                    text = self.tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
-                    ok = passkey_is_correct(text, key)
-                    correct += int(ok)
-                    records.append(
-                        PasskeyTrial(length, len(ids), used_filler, key, min(position, used_filler), text, ok)
-                    )
-                accuracy[length] = correct / cfg.passkey_trials
+            for target in (int(t) for t in targets):
+                trials = [self.trial(model, target, k, device, pad_id) for k in range(cfg.passkey_trials)]
+                records += trials
+                accuracy[target] = sum(t.correct for t in trials) / cfg.passkey_trials
+                mean_tokens[target] = sum(t.prompt_tokens for t in trials) // cfg.passkey_trials
         finally:
             model.train(was_training)
-        return PasskeyResult(accuracy=accuracy, trials=records)
+        return PasskeyResult(accuracy=accuracy, mean_tokens=mean_tokens, trials=records)
 
 
 def build_passkey_evaluator(tokenizer: Any, config: LMEvalConfig | Mapping[str, Any] | None = None) -> PasskeyEvaluator:

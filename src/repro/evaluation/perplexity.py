@@ -1,19 +1,25 @@
-"""Sliding-window perplexity for long-context causal LMs (LongLoRA §4.1, Tables 3-5).
+"""Sliding-window perplexity for long-context causal LMs (LongLoRA §4.1, Tables 2-6, Figure 5).
 
-The main metric mirrors ``eval.py`` of the LongLoRA reference repository: for an evaluation length
-``L`` and a stride ``S`` (256 there), window ``i`` feeds ``x = tokens[i : i+L]`` and is scored
-against ``y = tokens[i+1 : i+L+1]`` for every start ``i`` in ``range(0, len(tokens) - L, S)``.
-Every position of a window is scored, a window's loss is its mean token cross-entropy, and the
-perplexity is ``exp(mean of window losses)``. Two details differ from the reference script and
-are deliberate: the reference drops the last start index (``all_ix.pop()``) although that window
-fits, and it passes ``labels=x`` so the model's internal shift scores ``L - 1`` tokens; here every
-start of the range is kept and all ``L`` targets of ``y`` are scored, as the window definition says.
+Two protocols are computed from one forward pass per window:
 
-A second number is reported under separate keys (``ppl_newest``): the strided evaluation of Press
-et al. (2021) as in the Hugging Face perplexity guide, in which the first window scores all its
-tokens and each later window only the tokens no earlier window scored (its last ``S``), and the
-perplexity is ``exp(sum NLL / count)`` over those tokens. Both numbers come from one forward pass
-per window.
+* ``ppl`` is exactly the number LongLoRA's ``eval.py`` prints. For an evaluation length ``L`` and a
+  stride ``S`` (256 there) the window starts are ``range(0, N - L, S)`` with the last start dropped
+  (``all_ix.pop()``). Window ``i`` is ``x = tokens[i : i+L]``, scored as ``model(input_ids=x, labels=x)``:
+  the model shifts the labels, so each window scores its ``L - 1`` targets ``x[1:]``. A window's loss is
+  the mean NLL of those targets and ``ppl = exp(mean of the window losses)``. (eval.py appends one loss
+  per batch of windows and raises 2.71828 to the power; with ``batch_size=1``, or a batch size that
+  divides the window count, the mean of batch means is the mean of window means, and 2.71828 differs
+  from ``e`` by under 1e-6 relative.)
+* ``ppl_newest`` is the strided perplexity of Press et al. (2021) as the Hugging Face perplexity guide
+  computes it: windows begin at ``0, S, 2S, ...`` and end at ``min(begin + L, N)``, stopping after the
+  first window that reaches the end of the stream (so the final window may be partial). Each window
+  scores only the targets that no earlier window scored, so for ``S < L`` every token of the stream
+  after the first is scored exactly once, the tail after the last full window included, each with up
+  to ``L - 1`` tokens of context, and ``ppl_newest = exp(sum NLL / (N - 1))``. (For ``S >= L`` a
+  window's first token has no prefix inside it and goes unscored, as in the guide.)
+
+With ``max_windows`` set, both window lists are thinned to an evenly spaced subset (first and last
+kept) and the Press variant then scores, per kept window, the targets no earlier kept window scored.
 
 The model is used as given (switching S2-Attn back to full attention for evaluation, as the paper
 does, is the caller's job). Logits are never materialised for a whole batch in float32: the
@@ -39,17 +45,20 @@ class LMEvalConfig:
     """Long-context evaluation settings (``longlora.eval`` in params.yaml).
 
     Attributes:
-        lengths: evaluation context lengths for perplexity (LongLoRA Table 3 uses 2048..target).
+        lengths: evaluation lengths for perplexity (LongLoRA Table 3 uses 2048 up to the training
+            context); :func:`eval_lengths` keeps those up to the training context and adds it.
         stride: sliding-window stride ``S`` (256 in LongLoRA's eval.py).
         batch_size: windows per forward pass.
         max_windows: cap on windows per length; ``0`` means no cap. A cap keeps an evenly spaced,
             deterministic subset (see :func:`select_windows`), so CPU runs stay affordable.
         ce_chunk_size: sequence positions per chunk when applying the LM head and cross-entropy.
         bf16: use bf16 autocast; honoured only when the model sits on a CUDA device.
-        passkey_lengths: target prompt lengths (tokens) for passkey retrieval (LongLoRA §4.2).
-        passkey_trials: seeded trials per passkey length.
-        passkey_seed: seed of the key/position generator (independent of the model).
-        passkey_max_new_tokens: greedy tokens generated per trial (the key's digits + 1 at least).
+        passkey_interval: passkey test points every this many tokens (``--interval``, 1000 there).
+        passkey_max_tokens: last test point (``--max_tokens``); ``0`` = 1.5 x the training context,
+            as §4.2 tests a 32k model to 48k with a PI-only extension.
+        passkey_trials: trials per test point (``--num_tests``, 10 there); trial ``k`` uses seed ``k``.
+        passkey_chars_per_token: filler characters per target token (the reference's rough 3.75).
+        passkey_garbage_quantum: filler lengths are rounded down to a multiple of this (1024 there).
     """
 
     lengths: list[int] = field(default_factory=lambda: [2048, 4096, 8192])
@@ -58,23 +67,37 @@ class LMEvalConfig:
     max_windows: int = 0
     ce_chunk_size: int = 1024
     bf16: bool = True
-    passkey_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192])
+    passkey_interval: int = 1000
+    passkey_max_tokens: int = 0
     passkey_trials: int = 10
-    passkey_seed: int = 0
-    passkey_max_new_tokens: int = 8
+    passkey_chars_per_token: float = 3.75
+    passkey_garbage_quantum: int = 1024
 
     def __post_init__(self) -> None:
-        for name in ("stride", "batch_size", "ce_chunk_size", "passkey_trials", "passkey_max_new_tokens"):
+        for name in ("stride", "batch_size", "ce_chunk_size", "passkey_trials", "passkey_interval",
+                     "passkey_garbage_quantum"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"longlora.eval.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_windows is None:
             self.max_windows = 0
-        if int(self.max_windows) < 0:
-            raise ValueError(f"longlora.eval.max_windows must be >= 0 (0 = no cap), got {self.max_windows}")
-        for name in ("lengths", "passkey_lengths"):
-            bad = [v for v in getattr(self, name) if int(v) < 1]
-            if bad:
-                raise ValueError(f"longlora.eval.{name} must hold positive lengths, got {bad}")
+        for name in ("max_windows", "passkey_max_tokens"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"longlora.eval.{name} must be >= 0 (0 = default), got {getattr(self, name)}")
+        if not float(self.passkey_chars_per_token) > 0:
+            raise ValueError(f"longlora.eval.passkey_chars_per_token must be > 0, got {self.passkey_chars_per_token}")
+        bad = [v for v in self.lengths if int(v) < 2]
+        if bad:
+            raise ValueError(f"longlora.eval.lengths must hold lengths >= 2, got {bad}")
+
+
+def eval_lengths(cfg: LMEvalConfig, context_length: int) -> list[int]:
+    """Perplexity lengths for a model trained at ``context_length``: configured ones up to it, plus it."""
+    return sorted({int(n) for n in cfg.lengths if int(n) <= context_length} | {int(context_length)})
+
+
+def passkey_max_tokens(cfg: LMEvalConfig, context_length: int) -> int:
+    """The last passkey test point: ``passkey_max_tokens`` or, when 0, 1.5 x the training context."""
+    return int(cfg.passkey_max_tokens) or (3 * int(context_length)) // 2
 
 
 def build_lm_eval_config(cfg: Mapping[str, Any] | LMEvalConfig) -> LMEvalConfig:
@@ -85,7 +108,7 @@ def build_lm_eval_config(cfg: Mapping[str, Any] | LMEvalConfig) -> LMEvalConfig:
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise KeyError(f"unknown key(s) in longlora.eval: {unknown}; expected a subset of {sorted(known)}")
-    kwargs = {k: (list(v) if k in ("lengths", "passkey_lengths") else v) for k, v in cfg.items()}
+    kwargs = {k: (list(v) if k == "lengths" else v) for k, v in cfg.items()}
     return LMEvalConfig(**kwargs)
 
 
@@ -96,14 +119,15 @@ class PerplexityResult:
     Attributes:
         length: evaluation length ``L``.
         stride: window stride ``S``.
-        ppl: ``exp(loss)``, LongLoRA's metric.
-        loss: mean over windows of each window's mean token cross-entropy (nats).
-        n_windows: windows evaluated (after any ``max_windows`` cap).
-        n_tokens_scored: ``n_windows * L`` (every position of every window).
-        tokens_per_s: input tokens forwarded per second of wall time.
+        ppl: ``exp(loss)``, eval.py's number.
+        loss: mean over eval.py's windows of each window's mean NLL over its ``L - 1`` targets (nats).
+        n_windows: eval.py windows evaluated (after the pop and any ``max_windows`` cap).
+        n_tokens_scored: ``n_windows * (L - 1)``.
+        tokens_per_s: input tokens forwarded per second of wall time (both protocols' windows).
         ppl_newest: ``exp(loss_newest)``, the Press et al. / HF-guide strided perplexity.
-        loss_newest: summed NLL of the newest tokens divided by ``n_tokens_newest``.
-        n_tokens_newest: tokens scored by the newest-tokens variant.
+        loss_newest: summed NLL of the Press windows' new targets divided by ``n_tokens_newest``.
+        n_tokens_newest: targets the Press variant scored (``N - 1`` without a cap).
+        n_windows_newest: Press windows evaluated, the final partial one included.
     """
 
     length: int
@@ -116,6 +140,7 @@ class PerplexityResult:
     ppl_newest: float
     loss_newest: float
     n_tokens_newest: int
+    n_windows_newest: int
 
     def to_dict(self) -> dict[str, float | int]:
         """Plain dict of all fields."""
@@ -133,14 +158,38 @@ class PerplexityResult:
 
 
 def window_starts(n_tokens: int, length: int, stride: int) -> list[int]:
-    """Start indices ``range(0, n_tokens - length, stride)`` (LongLoRA eval.py, without the pop).
+    """eval.py's window starts: ``range(0, n_tokens - length, stride)`` with the last one dropped.
+
+    LongLoRA's ``get_as_batch`` builds ``all_ix = list(range(0, len(data) - seq_length, sliding_window))``
+    and then calls ``all_ix.pop()``, so the last start of the range is never evaluated.
 
     Raises:
-        ValueError: if the stream has fewer than ``length + 1`` tokens.
+        ValueError: if fewer than two starts exist (nothing would be left after the pop).
     """
-    if n_tokens < length + 1:
-        raise ValueError(f"eval set has {n_tokens} tokens, needs at least L+1 = {length + 1} for L={length}")
-    return list(range(0, n_tokens - length, stride))
+    starts = list(range(0, n_tokens - length, stride))
+    if len(starts) < 2:
+        need = length + stride + 1
+        raise ValueError(f"eval set has {n_tokens} tokens, needs at least {need} for L={length}, stride={stride} "
+                         "(eval.py drops the last of range(0, N - L, stride), so two starts are needed)")
+    starts.pop()
+    return starts
+
+
+def press_window_spans(n_tokens: int, length: int, stride: int) -> list[tuple[int, int]]:
+    """``(begin, end)`` of each window of the Hugging Face perplexity guide (Press et al., 2021).
+
+    Windows begin at ``0, S, 2S, ...`` and end at ``min(begin + L, N)``; the loop stops after the first
+    window that reaches the end of the stream, so the final window may be shorter than ``L``.
+    """
+    if n_tokens < 2:
+        raise ValueError(f"eval set has {n_tokens} tokens, needs at least 2")
+    spans = []
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + length, n_tokens)
+        spans.append((begin, end))
+        if end == n_tokens:
+            break
+    return spans
 
 
 def select_windows(starts: Sequence[int], max_windows: int) -> list[int]:
@@ -194,33 +243,49 @@ def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     return decoder, head
 
 
-def token_nll(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Per-token negative log-likelihood of targets ``y`` given inputs ``x``.
+def token_nll(model: nn.Module, x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Per-token negative log-likelihood of ``x[:, 1:]`` given the prefixes (``labels=x`` in Hugging Face).
+
+    Position ``j`` of the result is ``-log p(x[:, j + 1] | x[:, :j + 1])``, the same targets that
+    ``model(input_ids=x, labels=x).loss`` averages over (the model shifts the labels internally).
 
     Args:
         model: causal LM; called as ``model(input_ids=x)``.
-        x: [B, L] input ids.
-        y: [B, L] target ids (``x`` shifted left by one in the stream).
+        x: [B, T] input ids, T >= 2.
         chunk_size: positions per chunk through the LM head.
 
     Returns:
-        [B, L] float32 NLL.
+        [B, T - 1] float32 NLL.
     """
+    y = x[:, 1:]  # [B, T-1] targets
     parts = _decoder_and_head(model)
     if parts is not None:
         decoder, head = parts
-        hidden = decoder(input_ids=x, use_cache=False).last_hidden_state  # [B, L, H]
+        hidden = decoder(input_ids=x, use_cache=False).last_hidden_state[:, :-1]  # [B, T-1, H]
         logits_of = lambda lo, hi: head(hidden[:, lo:hi])  # noqa: E731  [B, c, V]
     else:
-        full = model(input_ids=x).logits  # [B, L, V] (fallback: no separable head)
+        full = model(input_ids=x).logits[:, :-1]  # [B, T-1, V] (fallback: no separable head)
         logits_of = lambda lo, hi: full[:, lo:hi]  # noqa: E731
     out = []
-    for lo in range(0, x.shape[1], chunk_size):
-        hi = min(lo + chunk_size, x.shape[1])
+    for lo in range(0, y.shape[1], chunk_size):
+        hi = min(lo + chunk_size, y.shape[1])
         logits = logits_of(lo, hi).float()  # [B, c, V]
         nll = F.cross_entropy(logits.flatten(0, 1), y[:, lo:hi].flatten(), reduction="none")  # [B*c]
         out.append(nll.view(x.shape[0], hi - lo))  # [B, c]
-    return torch.cat(out, dim=1)  # [B, L]
+    return torch.cat(out, dim=1)  # [B, T-1]
+
+
+def press_scored_ranges(spans: Sequence[tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    """Stream positions each Press window scores: ``begin -> [max(previous end, begin + 1), end)``.
+
+    Mirrors the guide's ``trg_len = end_loc - prev_end_loc`` with ``labels[:, :-trg_len] = -100``: a window
+    scores only targets no earlier window scored, and the first token of a window (no prefix) never.
+    """
+    out, prev_end = {}, 0
+    for begin, end in spans:
+        out[begin] = (max(prev_end, begin + 1), end)
+        prev_end = end
+    return out
 
 
 class PerplexityEvaluator:
@@ -233,64 +298,94 @@ class PerplexityEvaluator:
     def __init__(self, config: LMEvalConfig | Mapping[str, Any] | None = None) -> None:
         self.config = build_lm_eval_config(config) if config is not None else LMEvalConfig()
 
-    def _batches(self, tokens: torch.Tensor, starts: list[int], length: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, y)`` batches of windows, each [b, L]."""
-        bs = self.config.batch_size
-        for k in range(0, len(starts), bs):
-            chunk = starts[k : k + bs]
-            x = torch.stack([tokens[i : i + length] for i in chunk])  # [b, L]
-            y = torch.stack([tokens[i + 1 : i + length + 1] for i in chunk])  # [b, L]
-            yield x, y
+    def windows(self, n_tokens: int, length: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """eval.py's starts and the Press spans, both thinned evenly by ``max_windows`` when it is set."""
+        cfg = self.config
+        starts = select_windows(window_starts(n_tokens, length, cfg.stride), cfg.max_windows)
+        spans = press_window_spans(n_tokens, length, cfg.stride)
+        if cfg.max_windows:
+            picked = set(select_windows([b for b, _ in spans], cfg.max_windows))
+            spans = [s for s in spans if s[0] in picked]
+        return starts, spans
 
-    def evaluate(self, model: nn.Module, tokens: torch.Tensor | Sequence[int], length: int) -> PerplexityResult:
-        """Perplexity of ``model`` on ``tokens`` at evaluation length ``length``.
+    def _forward_groups(self, tokens: torch.Tensor, begins: list[int], ends: dict[int, int]
+                        ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Yield ``(begins, x)`` batches of equal-length windows, x [b, T]."""
+        by_len: dict[int, list[int]] = {}
+        for b in begins:
+            by_len.setdefault(ends[b] - b, []).append(b)
+        for size, group in sorted(by_len.items(), reverse=True):
+            for k in range(0, len(group), self.config.batch_size):
+                chunk = group[k : k + self.config.batch_size]
+                yield chunk, torch.stack([tokens[b : b + size] for b in chunk])  # [b, T]
+
+    def evaluate(self, model: nn.Module, tokens: torch.Tensor | Sequence[int], length: int,
+                 press: bool = True) -> PerplexityResult:
+        """Perplexity of ``model`` on ``tokens`` at evaluation length ``length``, under both protocols.
+
+        Every window is forwarded once and serves both protocols: eval.py's windows (all of length
+        ``L``) and the Press windows (the same starts, plus the start eval.py pops and the final,
+        possibly shorter, window).
 
         Args:
             model: causal LM returning ``.logits`` (or exposing a decoder and LM head).
             tokens: 1-D token stream (tensor, array or list of ints).
             length: evaluation length ``L``.
+            press: also compute the Press variant. ``False`` forwards eval.py's windows only (all of
+                length ``L``), as testing with S2-Attn needs (its groups must divide the length);
+                ``ppl_newest`` is then NaN.
 
         Raises:
-            ValueError: if the stream is shorter than ``L + 1`` tokens or not one-dimensional.
+            ValueError: if the stream is too short for two eval.py windows or not one-dimensional.
         """
         cfg = self.config
         tokens = torch.as_tensor(tokens, dtype=torch.long)
         if tokens.dim() != 1:
             raise ValueError(f"tokens must be a 1-D stream, got shape {tuple(tokens.shape)}")
-        starts = select_windows(window_starts(tokens.numel(), length, cfg.stride), cfg.max_windows)
+        if length < 2:
+            raise ValueError(f"evaluation length must be >= 2 (one target), got {length}")
+        n = tokens.numel()
+        starts, spans = self.windows(n, length)
+        spans = spans if press else []
+        ranges = press_scored_ranges(spans)
+        ref = set(starts)
+        ends = {b: b + length for b in starts} | dict(spans)
         device = model_device(model)
         was_training = model.training
         model.eval()
-        window_losses: list[torch.Tensor] = []
-        newest_sum, newest_count, prev_start = 0.0, 0, None
+        window_losses: list[float] = []
+        newest_sum, newest_count, forwarded = 0.0, 0, 0
         t0 = time.perf_counter()
         try:
             with torch.inference_mode(), autocast_context(device, cfg.bf16):
-                for b, (x, y) in enumerate(self._batches(tokens, starts, length)):
-                    nll = token_nll(model, x.to(device), y.to(device), cfg.ce_chunk_size).double().cpu()  # [b, L]
-                    window_losses.append(nll.mean(dim=1))  # [b]
-                    for row, start in enumerate(starts[b * cfg.batch_size : b * cfg.batch_size + x.shape[0]]):
-                        # Tokens no earlier (selected) window scored: all for the first, else the last min(gap, L).
-                        new = length if prev_start is None else min(start - prev_start, length)
-                        newest_sum += float(nll[row, length - new :].sum())
-                        newest_count += new
-                        prev_start = start
+                for begins, x in self._forward_groups(tokens, sorted(ends), ends):
+                    nll = token_nll(model, x.to(device), cfg.ce_chunk_size).double().cpu()  # [b, T-1]
+                    forwarded += x.numel()
+                    for row, b in enumerate(begins):
+                        if b in ref:  # eval.py: labels=x, the mean over the window's L-1 targets
+                            window_losses.append(float(nll[row].mean()))
+                        if b in ranges:  # target j of the window is stream position b + j + 1
+                            lo, hi = ranges[b]
+                            part = nll[row, max(lo - b - 1, 0) : max(hi - b - 1, 0)]
+                            newest_sum += float(part.sum())
+                            newest_count += part.numel()
         finally:
             model.train(was_training)
         elapsed = max(time.perf_counter() - t0, 1e-9)
-        loss = float(torch.cat(window_losses).mean())
-        loss_newest = newest_sum / newest_count
+        loss = sum(window_losses) / len(window_losses)
+        loss_newest = newest_sum / newest_count if newest_count else math.nan
         return PerplexityResult(
             length=length,
             stride=cfg.stride,
             ppl=math.exp(loss),
             loss=loss,
             n_windows=len(starts),
-            n_tokens_scored=len(starts) * length,
-            tokens_per_s=len(starts) * length / elapsed,
+            n_tokens_scored=len(starts) * (length - 1),
+            tokens_per_s=forwarded / elapsed,
             ppl_newest=math.exp(loss_newest),
             loss_newest=loss_newest,
             n_tokens_newest=newest_count,
+            n_windows_newest=len(spans),
         )
 
     def evaluate_lengths(

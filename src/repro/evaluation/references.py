@@ -27,7 +27,7 @@ DATA_FILE = "paper_numbers.yaml"
 
 TABLE_FIELDS = ("ref", "caption", "metric", "columns", "rows")
 CLAIM_FIELDS = ("ref", "statement", "metric", "values", "provenance")
-PROVENANCES = ("primary", "secondary")
+PROVENANCES = ("primary", "secondary", "author_answer", "third_party")
 
 
 class PaperNumbersError(ValueError):
@@ -53,6 +53,8 @@ def _check_table(where: str, table: Any) -> None:
     rows = table["rows"]
     if not isinstance(rows, list) or not rows:
         raise PaperNumbersError(f"{where}.rows: must be a non-empty list")
+    if "provenance" in table and table["provenance"] not in PROVENANCES:
+        raise PaperNumbersError(f"{where}.provenance: {table['provenance']!r} is not one of {list(PROVENANCES)}")
     for i, row in enumerate(rows):
         at = f"{where}.rows[{i}]"
         if not isinstance(row, Mapping) or "values" not in row:
@@ -88,7 +90,8 @@ def validate_paper_numbers(data: Any) -> None:
     Every paper needs a ``source`` with an ``arxiv`` id; every table needs ``ref``, ``caption``,
     ``metric``, non-empty ``columns`` and ``rows``, and each row a ``values`` list with one number
     (or null for a blank cell) per column; every claim needs ``ref``, ``statement``, ``metric``,
-    numeric ``values`` and a ``provenance`` of "primary" or "secondary".
+    numeric ``values`` and a ``provenance`` (primary, secondary, author_answer, third_party); a table
+    may carry a ``provenance`` too, and either may keep its source's wording in ``provenance_label``.
 
     Args:
         data: The parsed YAML document.

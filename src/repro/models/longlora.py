@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-EXTRAS_FILE = "trainable_extras.safetensors"
+from repro.models.checkpoints import (  # noqa: F401  (re-exported: the saving side of this module)
+    EXTRAS_FILE, REFERENCE_EXTRAS_FILE, export_merged, load_trained, save_trained,
+)
+
 _SOURCES = ("tiny", "gguf", "hub")
 _MODES = ("lora", "lora_plus", "full")
 _EXTRAS = ("embed", "norm")
@@ -362,75 +364,3 @@ def build_longlora_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, tar
     if model_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model
-
-
-def _is_peft(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is a peft wrapper."""
-    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
-
-
-def save_trained(model: torch.nn.Module, out_dir: str | Path) -> Path:
-    """Save what was trained: the LoRA adapter plus the trainable extras, or the full model.
-
-    Mirrors the reference repository, which stores the adapter and a separate file of the trainable embedding and
-    norm weights. Extras are written to ``trainable_extras.safetensors`` under their base-model parameter names.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    if not _is_peft(model):
-        return out
-    extras = {name: p.detach().to("cpu").contiguous()
-              for name, p in model.get_base_model().named_parameters() if p.requires_grad and "lora_" not in name}
-    if extras:
-        save_file(extras, str(out / EXTRAS_FILE))
-    return out
-
-
-def load_trained(base_model: PreTrainedModel, trained_dir: str | Path, is_trainable: bool = False) -> torch.nn.Module:
-    """Rebuild a LoRA/LoRA+ model saved by :func:`save_trained` on a fresh base loaded with the same PI factor.
-
-    The extras are copied into the base first, then peft loads the adapter; ``is_trainable`` keeps both trainable.
-    """
-    folder = Path(trained_dir)
-    if not (folder / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"no adapter_config.json in {folder}; a full fine-tune loads with from_pretrained")
-    from peft import PeftModel  # noqa: PLC0415
-
-    extras_path = folder / EXTRAS_FILE
-    if extras_path.is_file():
-        extras = load_file(str(extras_path))
-        params = dict(base_model.named_parameters())
-        missing = sorted(set(extras) - set(params))
-        if missing:
-            raise KeyError(f"{extras_path} holds parameters the base model lacks: {missing[:5]}")
-        with torch.no_grad():
-            for name, value in extras.items():
-                params[name].copy_(value.to(params[name].dtype))
-    model = PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable)
-    if is_trainable and extras_path.is_file():
-        params = dict(model.get_base_model().named_parameters())
-        for name in extras:
-            params[name].requires_grad_(True)
-    return model
-
-
-def export_merged(model: torch.nn.Module, out_dir: str | Path, tokenizer: Any | None = None) -> Path:
-    """Merge LoRA into the weights, restore full attention and save a plain HF folder (PI scaling kept).
-
-    The result loads with ``AutoModelForCausalLM.from_pretrained`` and no peft or S2-Attn code, as the released
-    LongLoRA models do (the reference repository's ``merge_lora_weights_and_save_hf_model.py``).
-    """
-    out = Path(out_dir)
-    merged = model.merge_and_unload() if _is_peft(model) else model
-    set_full_attention(merged)
-    merged.config._attn_implementation = "sdpa"
-    for key in ("s2_attn", "s2attn"):
-        if hasattr(merged.config, key):
-            delattr(merged.config, key)
-    merged.config.use_cache = True
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
-    return out

@@ -21,12 +21,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from repro.evaluation.references import get_claim, get_table, load_paper_numbers
+from repro.reports.ablation_rows import _same, paper_value, simcse_settings  # noqa: F401  (re-exported)
 from repro.reporting import (
     MISSING, fmt, hardware, line_figure, md_cell, md_table, read_csv, read_json, save_figure, trajectory_figure, verdict,
 )
@@ -148,71 +148,7 @@ def _diff_text(diff: dict[str, Any]) -> str:
     return ", ".join(f"`{k.split('.', 1)[-1]}={v}`" for k, v in items.items()) if items else "(base config)"
 
 
-# --- SimCSE: effective settings and the paper's matching row -----------------------------------
-
-
-def simcse_settings(vcfg: DictConfig, run: str = "unsup") -> dict[str, Any]:
-    """The variant's SimCSE values that the paper's ablation tables vary.
-
-    ``simcse.train`` is overlaid with ``simcse.runs[run]`` (the ablation's ``run``, as
-    :func:`repro.workflows.simcse.run_train_config` does); alpha = exp(hard_negative_weight), the
-    reference code adding the weight to the hard-negative logit (SimCSE §4, Table 7).
-    """
-    sc = vcfg.simcse
-    runs = sc.get("runs") or {}
-    train = OmegaConf.merge(sc.train, runs.get(run) or {})
-    weight = float(train.hard_negative_weight)
-    return {"p": float(sc.encoder.dropout), "fixed": bool(train.fixed_dropout), "tau": float(train.temperature),
-            "alpha": 0.0 if weight == -math.inf else math.exp(weight), "pooler": str(sc.encoder.pooler),
-            "mlp_only_train": bool(sc.encoder.mlp_only_train), "mode": str(train.mode),
-            "batch_size": int(train.batch_size)}
-
-
-_TABLE6_POOLERS = MappingProxyType({("cls", False): "cls_with_mlp", ("cls", True): "cls_with_mlp_train_only",
-                                    ("cls_before_pooler", False): "cls_without_mlp",
-                                    ("cls_before_pooler", True): "cls_without_mlp",
-                                    ("avg_first_last", False): "first_last_avg", ("avg_first_last", True): "first_last_avg"})
-
-
-def _row_query(table: str, s: dict[str, Any]) -> tuple[dict[str, Any], str, str] | None:
-    """(row filters, column, label) of the paper row matching settings ``s``; None if the table has none."""
-    if table == "table3_dropout":
-        return {"p": s["p"], "fixed_mask": s["fixed"]}, "stsb_dev", f"p={s['p']:g}" + (", fixed mask" if s["fixed"] else "")
-    if table == "tableD1_temperature":
-        return {"similarity": "cosine", "tau": s["tau"]}, "stsb_dev", f"τ={s['tau']:g}"
-    if table == "table6_pooler":
-        name = _TABLE6_POOLERS.get((s["pooler"], s["mlp_only_train"]))
-        return ({"pooler": name}, s["mode"], name) if name else None
-    if table == "table7_hard_negatives":
-        if s["mode"] != "sup":  # Table 7 is supervised: NLI contradictions are the hard negatives
-            return None
-        if s["alpha"] == 0.0:
-            return {"hard_negative": "none"}, "stsb_dev", "no hard negative (α=0)"
-        return {"hard_negative": "contradiction", "alpha": s["alpha"]}, "stsb_dev", f"contradiction, α={s['alpha']:g}"
-    raise ValueError(f"paper_table {table!r} has no matching rule; known: table3_dropout, tableD1_temperature, "
-                     "table6_pooler, table7_hard_negatives")
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
-        return a == b
-    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
-
-
-def paper_value(table: str, vcfg: DictConfig, run: str = "unsup") -> tuple[str, float | None] | None:
-    """(row label, value) of SimCSE ``table`` matching the variant's config, or None when no row matches."""
-    query = _row_query(table, simcse_settings(vcfg, run))
-    if query is None:
-        return None
-    filters, column, label = query
-    t = get_table("simcse", table)
-    rows = [r for r in t["rows"] if all(_same(r.get(k), v) for k, v in filters.items())]
-    if len(rows) != 1 or column not in t["columns"]:
-        return None
-    return f"{t['ref']}: {rows[0].get('label', label)}", rows[0]["values"][t["columns"].index(column)]
-
-
-# --- claims -----------------------------------------------------------------------------------------
+# --- helpers shared by the page and the claim checks ------------------------------------------
 
 
 def _pick(results: Sequence[VariantResult], pred: Callable[[VariantResult], bool]) -> VariantResult | None:
@@ -223,58 +159,6 @@ def _ctx(r: VariantResult) -> int:
     return int(r.config.longlora.train.context_length)
 
 
-def _ppl(r: VariantResult | None) -> float | None:
-    return r.value(f"ppl@{_ctx(r)}") if r is not None else None
-
-
-def _name(r: VariantResult | None) -> str:
-    return r.variant if r is not None else "(no such variant in the config)"
-
-
-def _both(a: float | None, b: float | None, test: Callable[[float, float], bool]) -> bool | None:
-    return None if a is None or b is None else test(a, b)
-
-
-def _best_claim(text: str, pool: Sequence[VariantResult], winner: VariantResult | None, key: str = DEV) -> list[str]:
-    vals = {r.variant: r.value(key) for r in pool}
-    complete = winner is not None and pool and all(v is not None for v in vals.values())
-    held = vals[winner.variant] >= max(vals.values()) if complete else None
-    best = max(vals, key=lambda k: vals[k]) if complete else None
-    evidence = ", ".join(f"{k} {fmt(v)}" for k, v in vals.items()) + (f" → best {best}" if best else "")
-    return [text, f"{_name(winner)} vs the rest: {evidence}", verdict(held)]
-
-
-def _longlora_attention(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
-    att = lambda r: r.config.longlora.attention  # noqa: E731
-    full = _pick(res, lambda r: att(r).pattern == "full")
-    s2 = _pick(res, lambda r: att(r).pattern == "s2" and att(r).shift == "heads" and not att(r).wrap)
-    short = _pick(res, lambda r: att(r).pattern == "s2" and att(r).shift == "none")
-    a, f, s = _ppl(s2), _ppl(full), _ppl(short)
-    rel = f" ({(a - f) / f:+.1%})" if a is not None and f is not None else ""
-    return [["S2-Attn training, tested with full attention, is within 5% of full-attention training (Table 6, §3.2)",
-             f"{_name(s2)} {fmt(a)} vs {_name(full)} {fmt(f)}{rel}", verdict(_both(a, f, lambda x, y: abs(x - y) <= 0.05 * y))],
-            ["Short attention without shift is worse than S2-Attn under full-attention testing (Table 6)",
-             f"{_name(short)} {fmt(s)} vs {_name(s2)} {fmt(a)}", verdict(_both(s, a, lambda x, y: x > y))]]
-
-
-def _lora_variants(res: Sequence[VariantResult]) -> tuple[VariantResult | None, VariantResult | None]:
-    ad = lambda r: r.config.longlora.adapter  # noqa: E731
-    plus = _pick(res, lambda r: ad(r).mode == "lora_plus" and sorted(ad(r).trainable_extra) == ["embed", "norm"])
-    full = _pick(res, lambda r: ad(r).mode == "full")
-    return plus, full
-
-
-def _longlora_lora(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
-    plus, full = _lora_variants(res)
-    rank = plus.config.longlora.adapter.r if plus is not None else None
-    plain = _pick(res, lambda r: r.config.longlora.adapter.mode == "lora" and r.config.longlora.adapter.r == rank)
-    p, f, q = _ppl(plus), _ppl(full), _ppl(plain)
-    return [["LoRA+ is at most 1% worse than full fine-tuning (Table 2: LoRA+ closes the gap)",
-             f"{_name(plus)} {fmt(p)} vs {_name(full)} {fmt(f)}", verdict(_both(p, f, lambda x, y: x <= 1.01 * y))],
-            ["Trainable embeddings + norms improve plain LoRA of the same rank (Table 2)",
-             f"{_name(plus)} {fmt(p)} vs {_name(plain)} {fmt(q)}", verdict(_both(p, q, lambda x, y: x < y))]]
-
-
 def curve_points(r: VariantResult | None, x: str, y: str) -> tuple[list[float], list[float]]:
     """(xs, ys) of a variant's curve where both cells are filled (an ``ok`` variant only)."""
     if r is None or r.status != "ok":
@@ -283,89 +167,17 @@ def curve_points(r: VariantResult | None, x: str, y: str) -> tuple[list[float], 
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def _longlora_steps(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
-    curves = {r.variant: curve_points(r, "step", "ppl") for r in res}
-    usable = all(len(xs) >= 2 and xs[0] == 0 for xs, _ in curves.values())
-    held = all(ys[-1] < ys[0] for _, ys in curves.values()) if usable and curves else None
-    ev = "; ".join(f"{k} {fmt(ys[0]) if ys else MISSING} → {fmt(ys[-1]) if ys else MISSING}"
-                   f" (step 0 → {int(xs[-1]) if xs else '?'})" for k, (xs, ys) in curves.items())
-    plus, full = _lora_variants(res)
-    lp, lf = (curves[r.variant][1][-1] if r is not None and curves[r.variant][1] else None for r in (plus, full))
-    return [["Perplexity decreases with fine-tuning steps (Figure 5)", ev, verdict(held)],
-            ["LoRA+ is within 1% of full fine-tuning at the last step (Figure 5: close after 200 steps)",
-             f"{_name(plus)} {fmt(lp)} vs {_name(full)} {fmt(lf)}", verdict(_both(lp, lf, lambda x, y: x <= 1.01 * y))]]
-
-
 def _ppl_lengths(r: VariantResult) -> set[int]:
     return {int(k.split("@", 1)[1]) for k in r.metrics if k.startswith("ppl@") and r.value(k) is not None}
 
 
-def _longlora_context(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
-    text = "A longer training context lowers perplexity at the longest evaluation length (Tables 3/4)"
-    common = set.intersection(*(_ppl_lengths(r) for r in res)) if res else set()
-    if not res or any(r.status != "ok" for r in res) or not common:
-        return [[text, "inputs: " + ", ".join(f"{r.variant} {r.status}" for r in res), verdict(None)]]
-    n = max(common)
-    vals = {r.variant: r.value(f"ppl@{n}") for r in res}
-    longest = max(res, key=_ctx)
-    held = all(vals[longest.variant] < v for k, v in vals.items() if k != longest.variant)
-    ev = ", ".join(f"{r.variant} (train {_ctx(r)}) {fmt(vals[r.variant])}" for r in res)
-    return [[text, f"ppl@{n} (longest length evaluated for every variant): {ev}", verdict(held)]]
-
-
-def _dropout(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
-    s = lambda r: simcse_settings(r.config, spec.get("run", "unsup"))  # noqa: E731
-    free = [r for r in res if not s(r)["fixed"]]
-    p01 = _pick(free, lambda r: _same(s(r)["p"], 0.1))
-    fixed = _pick(res, lambda r: s(r)["fixed"] and _same(s(r)["p"], 0.1))
-    a, b = (r.value(DEV) if r is not None else None for r in (p01, fixed))
-    return [_best_claim("p = 0.1 gives the best STS-B dev among the dropout rates (Table 3)", free, p01),
-            [f"A fixed mask at p = 0.1 is far worse than p = 0.1 (Table 3; 'far' = ≥ {FAR_WORSE_POINTS:g} points)",
-             f"{_name(fixed)} {fmt(b)} vs {_name(p01)} {fmt(a)}", verdict(_both(a, b, lambda x, y: x - y >= FAR_WORSE_POINTS))]]
-
-
-def _temperature(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
-    tau = _pick(res, lambda r: _same(simcse_settings(r.config, spec.get("run", "unsup"))["tau"], 0.05))
-    return [_best_claim("τ = 0.05 gives the best STS-B dev (Table D.1)", res, tau)]
-
-
-def _hard_negative(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
-    one = _pick(res, lambda r: _same(simcse_settings(r.config, spec.get("run", "unsup"))["alpha"], 1.0))
-    return [_best_claim("α = 1 gives the best STS-B dev (Table 7)", res, one)]
-
-
-def _pooler(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
-    run = spec.get("run", "unsup")
-    vals = {r.variant: r.value(DEV) for r in res}
-    paper = {r.variant: paper_value(str(spec.paper_table), r.config, run) if spec.get("paper_table") else None for r in res}
-    known = [p[1] for p in paper.values() if p is not None and p[1] is not None]
-    if not res or any(v is None for v in vals.values()) or not known:
-        return [["Best pooler (Table 6)", "inputs: " + ", ".join(f"{k} {fmt(v)}" for k, v in vals.items()), verdict(None)]]
-    best = max(vals, key=lambda k: vals[k])
-    top = [p[0] for p in paper.values() if p is not None and p[1] == max(known)]
-    held = paper[best] is not None and paper[best][1] == max(known)
-    return [[f"Best pooler is the paper's best (Table 6: {' / '.join(top)})",
-             f"ours: {best} ({fmt(vals[best])}); " + ", ".join(f"{k} {fmt(v)}" for k, v in vals.items()), verdict(held)]]
-
-
-def _batch(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
-    vals = {r.variant: r.value(DEV) for r in res}
-    done = bool(res) and all(v is not None for v in vals.values())
-    spread = max(vals.values()) - min(vals.values()) if done else None
-    return [["Insensitive to batch size: STS-B dev spread < 2 points (Appendix A)",
-             ", ".join(f"{k} {fmt(v)}" for k, v in vals.items()) + f"; spread {fmt(spread)}",
-             verdict(spread < 2.0 if spread is not None else None)]]
-
-
-CLAIMS = MappingProxyType({
-    "longlora_attention": _longlora_attention, "longlora_lora": _longlora_lora, "longlora_steps": _longlora_steps,
-    "longlora_context": _longlora_context, "simcse_dropout": _dropout, "simcse_temperature": _temperature,
-    "simcse_pooler": _pooler, "simcse_hard_negative": _hard_negative, "simcse_batch": _batch,
-})
-
-
 def claims(ablation: str, results: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
-    """Rows ``[claim, evidence, verdict]`` for an ablation ([] when it has no claim check)."""
+    """Rows ``[claim, evidence, verdict]`` for an ablation ([] when it has no claim check).
+
+    The checks live in :mod:`repro.reports.ablation_claims`.
+    """
+    from repro.reports.ablation_claims import CLAIMS  # noqa: PLC0415  (that module imports this one)
+
     fn = CLAIMS.get(ablation)
     return fn(results, spec) if fn else []
 
@@ -392,16 +204,47 @@ def _longlora_table(res: Sequence[VariantResult]) -> str:
 def _longlora_paper_note(spec: DictConfig, res: Sequence[VariantResult]) -> str:
     if spec.kind == "longlora_steps":
         claim = get_claim("longlora", "finetune_steps_step0")
-        paper = claim["values"]["step0_perplexity"]
+        paper = claim["values"]["step0_perplexity_s2"]
         rows = [[r.variant, fmt(curve_points(r, "step", "ppl")[1][0] if curve_points(r, "step", "ppl")[1] else None),
                  fmt(r.value(f"step0/ppl_s2@{_ctx(r)}")), fmt(paper)] for r in res]
         return (f"Step 0 (Position Interpolation, no fine-tuning) beside the paper ({claim['ref']}, {claim['provenance']}"
                 f" source: {md_cell(claim['statement'])}):\n\n"
-                + md_table(["variant", "step-0 ppl (full attn)", "step-0 ppl (S2-Attn)", "paper step 0"], rows))
+                + md_table(["variant", "step-0 ppl (full attn)", "step-0 ppl (S2-Attn)", "paper step 0 (S2-Attn)"], rows))
+    beside = _longlora_beside(spec, res)
+    if beside:
+        return beside
     gone = [m for m in load_paper_numbers()["longlora"].get("missing") or []
             if isinstance(m, dict) and any(part.strip() in str(spec.ref) for part in str(m.get("ref", "")).split("/"))]
     why = "; ".join(f"{m['ref']}: {m.get('reason', '')}" for m in gone) or "see `missing` in paper_numbers.yaml"
     return f"The paper's numbers for this ablation are not transcribed ({why}); the claims below test orderings only."
+
+
+def _longlora_beside(spec: DictConfig, res: Sequence[VariantResult]) -> str | None:
+    """Table 2 / Table 6 rows transcribed in paper_numbers.yaml beside the variant with the same setting."""
+    ad, att = (lambda r: r.config.longlora.adapter), (lambda r: r.config.longlora.attention)  # noqa: E731
+    ours = lambda v, key: fmt(v.value(f"{key}@{_ctx(v)}") if v else None)  # noqa: E731
+    if "Table 2" in str(spec.ref):
+        table = get_table("longlora", "table2_lora_plus")
+        match = {"full_ft": lambda r: ad(r).mode == "full", "lora": lambda r: ad(r).mode == "lora" and ad(r).r == 8,
+                 "lora_plus": lambda r: ad(r).mode == "lora_plus" and sorted(ad(r).trainable_extra) == ["embed", "norm"]}
+        picked = [(row, _pick(res, match[row["method"]])) for row in table["rows"]]
+        rows = [[row["label"], fmt(row["values"][0]), _name_of(v), ours(v, "ppl")] for row, v in picked]
+        header = ["paper row", "paper (PG19 val.)", "our variant", "ours (full attn)"]
+    elif "Table 6" in str(spec.ref):
+        table = get_table("longlora", "table6_attention_patterns")
+        v = _pick(res, lambda r: att(r).pattern == "s2" and att(r).shift == "heads" and not att(r).wrap)
+        row = table["rows"][0]
+        rows = [[row["label"], *map(fmt, row["values"]), _name_of(v), ours(v, "ppl_own"), ours(v, "ppl")]]
+        header = ["paper row", "paper (tested S2)", "paper (tested full)", "our variant", "ours (tested S2)",
+                  "ours (tested full)"]
+    else:
+        return None
+    return (f"{table['ref']} ({table['provenance_label']}; Llama2 7B at 32768, so only orderings compare):\n\n"
+            + md_table(header, rows) + "\n\nOther rows are not transcribed (see `missing` in paper_numbers.yaml).")
+
+
+def _name_of(v: VariantResult | None) -> str:
+    return v.variant if v is not None else MISSING
 
 
 def _simcse_table(res: Sequence[VariantResult], spec: DictConfig) -> str:

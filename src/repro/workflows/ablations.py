@@ -120,13 +120,28 @@ def _copy(src: Path, dest: Path) -> None:
 # --- LongLoRA ---------------------------------------------------------------------------------------
 
 
+def eval_set_for(spec: DictConfig, data: DictConfig) -> str:
+    """The evaluation set an ablation scores on: the one playing its paper table's ``eval_role``.
+
+    Raises:
+        KeyError: the role (``ablations.<name>.eval_role``) is missing or has no set in ``longlora.data.roles``.
+    """
+    role = spec.get("eval_role")
+    if not role:
+        raise KeyError(f"ablation {spec.get('ref', '?')!r} has no eval_role (pg19_validation, pg19_test, proof_pile_test)")
+    roles = data.get("roles") or {}
+    if role not in roles:
+        raise KeyError(f"longlora.data.roles has no {role!r} (has {sorted(roles)}); the ablation's eval_role needs it")
+    return str(roles[role])
+
+
 def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: str, curve: Path,
               run_info: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from repro.data.lm_data import load_array
     from repro.evaluation.passkey import build_passkey_evaluator
-    from repro.evaluation.perplexity import LMEvalConfig, build_perplexity_evaluator
+    from repro.evaluation.perplexity import LMEvalConfig, build_perplexity_evaluator, eval_lengths
     from repro.lit.history import PeriodicPerplexity
     from repro.models.attention.registry import apply_attention, use_full_attention
     from repro.models.longlora import load_for_context
@@ -139,12 +154,13 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
     paths = longlora.Paths.of(cfg, ctx)
     eval_cfg = to_dataclass(ll.eval, LMEvalConfig)
     target = int(ll.train.context_length)
-    lengths = [n for n in eval_cfg.lengths if n <= target] or [target]
-    stream_path = sorted((paths.data / "eval").glob("*.npy"))[0]
+    lengths = eval_lengths(eval_cfg, target)
+    set_name = eval_set_for(spec, ll.data)
+    stream_path = paths.data / "eval" / f"{set_name}.npy"
     tokens = torch.from_numpy(load_array(stream_path).astype(np.int64))
     ppl_eval = build_perplexity_evaluator(eval_cfg)
     device = longlora.eval_device(cfg)  # the run's accelerator: a 7B model is not evaluated on the CPU
-    out: dict[str, Any] = {"eval_set": stream_path.stem}
+    out: dict[str, Any] = {"eval_set": set_name, "eval_role": str(spec.get("eval_role") or "")}
 
     curve_rows: list[dict[str, Any]] = []
     if spec.kind == "longlora_steps":
@@ -152,7 +168,7 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
         base = load_for_context(paths.base, target, dtype=ll.model.dtype).to(device).eval()
         curve_rows.append({"step": 0, "ppl": ppl_eval.evaluate(base, tokens, target).ppl})
         apply_attention(base, OmegaConf.to_container(ll.attention))
-        out[f"step0/ppl_s2@{target}"] = ppl_eval.evaluate(base, tokens, target).ppl
+        out[f"step0/ppl_s2@{target}"] = ppl_eval.evaluate(base, tokens, target, press=False).ppl
         del base
         callback = PeriodicPerplexity(int(spec.eval_every_n_steps), ppl_eval, tokens, target, curve_rows)
         train_metrics = longlora.train(cfg, ctx, extra_callbacks=[callback])
@@ -166,11 +182,13 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
         out[f"ppl@{n}"] = ppl_eval.evaluate(model, tokens, n).ppl  # full attention at test time
     if ablation == "longlora_attention" and ll.attention.pattern != "full":
         apply_attention(model, OmegaConf.to_container(ll.attention))  # tested with its own pattern too
-        out[f"ppl_own@{target}"] = ppl_eval.evaluate(model, tokens, target).ppl
+        out[f"ppl_own@{target}"] = ppl_eval.evaluate(model, tokens, target, press=False).ppl
         use_full_attention(model)
     tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
-    passkey = build_passkey_evaluator(tokenizer, eval_cfg).evaluate(model, [target])
-    out[f"passkey@{target}"] = passkey.accuracy[target]
+    passkey_eval = build_passkey_evaluator(tokenizer, eval_cfg)
+    point = max(passkey_eval.points(target), default=None)  # the last reference test point within the context
+    if point is not None:
+        out[f"passkey@{point}"] = passkey_eval.evaluate(model, [point]).accuracy[point]
     if curve_rows:
         if curve_rows[-1]["step"] != train_metrics["train/steps"]:
             curve_rows.append({"step": train_metrics["train/steps"], "ppl": out[f"ppl@{target}"]})

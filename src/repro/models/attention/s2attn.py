@@ -38,7 +38,7 @@ from torch import Tensor
 from repro.models.attention.piecewise import Kernel, Piece, PiecewiseAttention, Window, WrappedEnds, head_runs
 
 PATTERNS = ("full", "s2")
-SHIFTS = ("none", "heads", "layers")
+SHIFTS = ("none", "heads", "layers", "all")
 DIRECTIONS = ("left", "right")
 BACKENDS = ("sdpa", "flash")
 
@@ -52,7 +52,7 @@ class S2AttnConfig:
         group_size_ratio: G = int(T * ratio), derived per call from the actual sequence length (paper: 1/4).
         shift: ``"none"`` (short attention, no shift), ``"heads"`` (the paper's: heads ``H // 2 ..`` shifted,
             as the reference repository slices ``num_heads // 2``), ``"layers"`` (all heads shifted in odd
-            layers, none in even layers).
+            layers, none in even layers), ``"all"`` (every head shifted: Table 6's "only pattern 2").
         wrap: False = leak-free shifted groups (no wrap-around); True = the paper's roll (wrap-around).
         direction: ``"left"`` (roll by -G/2) or ``"right"`` (roll by +G/2); only matters with ``wrap=True``.
             Because G divides T, both rolls give the same partition into groups with the same order inside the
@@ -114,6 +114,8 @@ def unshifted_heads(num_heads: int, shift: str, layer_idx: int | None) -> int:
         return num_heads
     if shift == "heads":
         return num_heads // 2
+    if shift == "all":  # Table 6 "only pattern 2": every head shifted
+        return 0
     if layer_idx is None:
         raise ValueError("S2AttnConfig.shift='layers' needs the attention module's layer_idx")
     return num_heads if layer_idx % 2 == 0 else 0
