@@ -19,7 +19,6 @@ file is reported with its name. All writes go through a temporary file and ``os.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -35,6 +34,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from repro.data.text_sources import SourceConfig, build_source, source_identity
 from repro.data.tokenizer import TokenizerConfig, build_tokenizer, token_dtype_for
+from repro.fingerprint import file_sha256, fingerprint as content_fingerprint
 
 FORMAT_VERSION = 1
 TOKENIZER_FINGERPRINT_FILE = "repro_fingerprint.json"
@@ -77,8 +77,7 @@ def register_lm_data_config(name: str = "lm_data_schema", group: str = "data") -
 
 def _fingerprint(obj: Any) -> str:
     """sha256 of the canonical JSON of ``obj`` (the identity of a cache entry)."""
-    blob = json.dumps({"format": FORMAT_VERSION, "obj": obj}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return content_fingerprint({"format": FORMAT_VERSION, "obj": obj})
 
 
 def tokenize_documents(
@@ -177,11 +176,7 @@ def _sidecar(path: Path) -> Path:
 
 
 def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _atomic_write(path: Path, write) -> None:
