@@ -138,6 +138,7 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
             "pooler": enc_cfg.pooler}
     if cfg.ablations.variant:
         tags["variant"] = f"{cfg.ablations.name}/{cfg.ablations.variant}"
+    tags.update(ctx.job_tags)  # a sweep job's swept values: each job its own run name
     wandb_run = init_run(cfg, PAPER, "train", make_run_name(PAPER, "train", cfg.run.profile, tags), ctx.group)
     recorder = HistoryRecorder(("train/loss", "train/lr", "eval/stsb_dev_spearman", "eval/align", "eval/uniform"))
     start = time.perf_counter()
@@ -219,6 +220,7 @@ def evaluate(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     tags = {"run": run, "mode": train_cfg.mode}
     if cfg.ablations.variant:
         tags["variant"] = f"{cfg.ablations.name}/{cfg.ablations.variant}"
+    tags.update(ctx.job_tags)
     wandb_run = init_run(cfg, PAPER, "evaluate", make_run_name(PAPER, "evaluate", cfg.run.profile, tags), ctx.group)
     try:
         wandb_run.summary.update({**metrics, "note": result.note})
