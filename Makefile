@@ -29,7 +29,7 @@ repro: check
 # The headline numbers of every experiment (dvc exp show has over 1,300 columns otherwise).
 HEADLINE := Experiment|finetuned/synthetic_heldout/ppl@512|finetuned/passkey@512|.*longlora/train.json:train/final_loss|.*simcse/eval_.*:sts/avg|.*simcse/train_.*:train/best_stsb_dev
 headline: $(STAMP)
-	$(BIN)/dvc exp show --no-pager --md --only-changed --drop '.*' --keep '$(HEADLINE)'
+	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep '$(HEADLINE)'
 
 test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest
