@@ -26,7 +26,7 @@ def warm(tmp_path):
     sock = tmp_path / "s.sock"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "pkg"), str(ROOT / "src")])}
     server = subprocess.Popen([sys.executable, "-m", "repro.warm", "serve", "--socket", str(sock), "--ready-line",
-                               "--preload", "json"], stdout=subprocess.PIPE, text=True, env=env)
+                               "--preload", "json"], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     assert server.stdout.readline().strip() == "ready"
     yield {**env, "REPRO_WARM_SOCKET": str(sock)}, tmp_path, server.pid
     server.terminate()
@@ -61,6 +61,15 @@ def test_stage_runs_itself_without_a_server(tmp_path, warm):
     env, cwd, _ = warm
     pid, code, out, err = _stage(env, cwd, REPRO_WARM_SOCKET=str(tmp_path / "none.sock"))
     assert int(out.split()[1]) == pid and code == 0 and "no warm start" in err
+
+
+def test_stage_in_another_checkout_runs_itself(warm, tmp_path):
+    env, _, _ = warm
+    other = tmp_path / "other"
+    (other / "conf").mkdir(parents=True)
+    (other / "dvc.yaml").write_text("stages: {}\n")
+    pid, code, out, err = _stage(env, other)
+    assert int(out.split()[1]) == pid and "another checkout" in err
 
 
 def test_signal_to_the_stage_process_reaches_the_child(warm, tmp_path):

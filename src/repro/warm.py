@@ -14,8 +14,8 @@ process exits with the child's status. DVC sees an ordinary command.
 
 The stage runs in the stage process itself (as without the server) whenever the server cannot be
 reached, the environment differs from the server's in a variable read at import time
-(``HF_*``, ``TRANSFORMERS_*``, ``OMP_NUM_THREADS``, ...), or a file under ``src/repro`` changed
-since the server started. A signal to the stage process (Ctrl-C, DVC stopping) is passed on to
+(``HF_*``, ``TRANSFORMERS_*``, ``OMP_NUM_THREADS``, ...), a file under ``src/repro`` changed
+since the server started, or the stage runs in another checkout than the server. A signal to the stage process (Ctrl-C, DVC stopping) is passed on to
 the child.
 """
 
@@ -122,6 +122,9 @@ def serve(path: str | Path, preload: tuple[str, ...] = PRELOAD, ready=None) -> N
     for module in preload:
         importlib.import_module(module)
     code = _code_state()
+    from repro.cli import find_repo_root
+
+    root = find_repo_root()  # what module-level REPO_ROOT values in the preloaded modules hold
     signal.signal(signal.SIGCHLD, lambda *_: _reap())
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
@@ -143,6 +146,8 @@ def serve(path: str | Path, preload: tuple[str, ...] = PRELOAD, ready=None) -> N
             reason = f"environment differs from the warm server's in {', '.join(keys)}"
         elif _code_state() != code:
             reason = "src/repro changed since the warm server started"
+        elif find_repo_root(Path(request["cwd"])) != root:
+            reason = f"the stage runs in another checkout than the warm server's ({root})"
         if reason:
             _reply(conn, {"fallback": reason})
         else:
