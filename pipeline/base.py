@@ -4,7 +4,6 @@
 """
 
 from repro.cli import run_stage
-from repro.workflows.longlora import build_base
 
 if __name__ == "__main__":
-    run_stage(build_base)
+    run_stage("repro.workflows.longlora:build_base")

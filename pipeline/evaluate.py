@@ -4,7 +4,6 @@
 """
 
 from repro.cli import run_stage
-from repro.workflows.longlora import evaluate
 
 if __name__ == "__main__":
-    run_stage(evaluate)
+    run_stage("repro.workflows.longlora:evaluate")

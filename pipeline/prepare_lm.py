@@ -5,7 +5,6 @@
 """
 
 from repro.cli import run_stage
-from repro.workflows.longlora import prepare
 
 if __name__ == "__main__":
-    run_stage(prepare)
+    run_stage("repro.workflows.longlora:prepare")

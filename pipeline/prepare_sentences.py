@@ -4,7 +4,6 @@
 """
 
 from repro.cli import run_stage
-from repro.workflows.simcse import prepare
 
 if __name__ == "__main__":
-    run_stage(prepare)
+    run_stage("repro.workflows.simcse:prepare")

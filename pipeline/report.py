@@ -7,11 +7,12 @@
 from omegaconf import DictConfig
 
 from repro.cli import StageContext, run_stage
-from repro.reporting import write_page
-from repro.reports import ablations, longlora, simcse
 
 
 def main(cfg: DictConfig, ctx: StageContext) -> None:
+    from repro.reporting import write_page
+    from repro.reports import ablations, longlora, simcse
+
     out = ctx.out_root / "reports"
     write_page(out / "longlora.md", longlora.build(cfg, ctx.out_root, out))
     write_page(out / "simcse.md", simcse.build(cfg, ctx.out_root, out))

@@ -11,7 +11,6 @@ evaluates into its own output folder.
 from omegaconf import DictConfig
 
 from repro.cli import StageContext, run_stage
-from repro.workflows import longlora
 
 
 def main(cfg: DictConfig, ctx: StageContext) -> None:
@@ -20,6 +19,8 @@ def main(cfg: DictConfig, ctx: StageContext) -> None:
 
         print_plan(longlora_plan(cfg))
         return
+    from repro.workflows import longlora
+
     if ctx.sweep:
         longlora.prepare(cfg, ctx)
         longlora.build_base(cfg, ctx)

@@ -9,10 +9,11 @@ Under Hydra each job reuses (or builds) the cached data, trains, and evaluates i
 from omegaconf import DictConfig
 
 from repro.cli import StageContext, run_stage
-from repro.workflows import simcse
 
 
 def main(cfg: DictConfig, ctx: StageContext) -> None:
+    from repro.workflows import simcse
+
     run = ctx.option("run", cfg.simcse.run)
     if cfg.run.dry_run:  # python -m pipeline.train_simcse run.dry_run=true profile=paper simcse.run=sup
         from repro.dryrun import print_plan, simcse_plan

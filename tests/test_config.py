@@ -79,3 +79,16 @@ def test_composed_config_has_no_absolute_paths(tmp_path):
     for line in text.splitlines():
         value = line.split(":", 1)[-1].strip()
         assert not value.startswith("/"), f"absolute path in params.yaml: {line}"
+
+
+def test_validation_does_not_import_the_workflows(repo_root):
+    """config.py names the schemas (repro.stages holds the workflows' own); no config <-> workflows circle."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from omegaconf import OmegaConf; from repro.config import validate; "
+            "validate(OmegaConf.load('params.yaml')); print(json.dumps(sorted(m for m in sys.modules "
+            "if m.startswith('repro.workflows'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

@@ -25,7 +25,30 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("repro")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+_PACKAGE_CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout of an editable install
+_SWEEP_SYNTAX = ("range(", "choice(", "glob(", "interval(")
+
+
+def find_repo_root(start: Path | None = None) -> Path:
+    """The project checkout that contains ``start`` (default: the working directory).
+
+    The nearest folder at or above ``start`` holding ``dvc.yaml`` and ``conf/`` (the project's own
+    layout, as DVC runs stages from there); else the nearest git or DVC root; else the checkout this
+    package was installed from. So a second clone sharing one virtual environment reads and writes
+    its own ``conf/``, ``params.yaml`` and ``.cache/``, not the first clone's.
+    """
+    start = (start or Path.cwd()).resolve()
+    chain = [start, *start.parents]
+    for folder in chain:
+        if (folder / "dvc.yaml").is_file() and (folder / "conf").is_dir():
+            return folder
+    for folder in chain:
+        if (folder / ".dvc").is_dir() or (folder / ".git").exists():
+            return folder
+    return _PACKAGE_CHECKOUT
+
+
+REPO_ROOT = find_repo_root()
 
 
 @dataclass(frozen=True)
@@ -38,6 +61,8 @@ class StageContext:
         group: W&B group (experiment name, or the sweep's name).
         sweep: whether this is a Hydra job rather than a DVC stage.
         options: stage options given after ``--params FILE`` as ``--name value`` (e.g. ``--run sup``).
+        job_tags: in a sweep, this job's values of the swept keys (``(("temperature", "0.05"),)``), for
+            run names that tell the jobs apart.
     """
 
     out_root: Path
@@ -45,6 +70,7 @@ class StageContext:
     group: str
     sweep: bool
     options: tuple[tuple[str, str], ...] = ()
+    job_tags: tuple[tuple[str, str], ...] = ()
 
     def option(self, name: str, default: str | None = None) -> str | None:
         """The value of ``--name`` given on the command line (DVC mode), else ``default``."""
@@ -70,13 +96,81 @@ def _experiment_group(cfg: DictConfig) -> str:
     return str(cfg.wandb.group or cfg.run.experiment or "default")
 
 
-def run_stage(task: Callable[[DictConfig, StageContext], None]) -> None:
+def swept_keys(argv: list[str]) -> list[str]:
+    """Config keys a Hydra multirun command line sweeps over (``key=a,b`` or ``key=range(...)``, etc.)."""
+    keys = []
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        if "," in value or value.startswith(_SWEEP_SYNTAX):
+            keys.append(key.lstrip("+~"))
+    return keys
+
+
+def sweep_group(base: str, argv: list[str], sweep_dir: str | Path) -> str:
+    """W&B group of a sweep: ``<base>-sweep-<swept overrides>-<date>_<time>`` (at most 128 characters).
+
+    ``sweep_dir`` is Hydra's ``multirun/<date>/<time>`` folder, the same for every job of the sweep.
+    """
+    swept = [a for a in argv if swept_keys([a])]
+    what = "_".join(a.replace("/", ".").replace(" ", "") for a in swept) or "sweep"
+    when = "_".join(Path(sweep_dir).parts[-2:])
+    head = f"{base}-sweep-"
+    return head + what[: 128 - len(head) - len(when) - 1] + "-" + when
+
+
+def job_tags(argv: list[str], task_overrides: list[str]) -> tuple[tuple[str, str], ...]:
+    """This job's values of the swept keys, keyed by the key's last component (``temperature``).
+
+    ``ablations.*`` keys are left out: an ablation variant's run name already says which variant it is.
+    """
+    swept = {k for k in swept_keys(argv) if not k.startswith("ablations.")}
+    tags = []
+    for override in task_overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") in swept:
+            tags.append((key.split(".")[-1], value))
+    return tuple(tags)
+
+
+def _warm_delegate() -> None:
+    """Under ``python -m repro.warm run``, run this stage in the warm server and exit with its status."""
+    import os
+
+    if not os.environ.get("REPRO_WARM_SOCKET"):
+        return
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is None:  # not started with `python -m`: nothing to hand over
+        return
+    from repro.warm import delegate
+
+    code = delegate(spec.name, sys.argv)
+    if code is not None:
+        sys.exit(code)
+
+
+def _resolve(task: Callable[[DictConfig, StageContext], None] | str) -> Callable[[DictConfig, StageContext], None]:
+    if callable(task):
+        return task
+    module, _, name = task.partition(":")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def run_stage(task: Callable[[DictConfig, StageContext], None] | str) -> None:
     """Run ``task(cfg, ctx)`` from the command line (see module docstring).
 
     ``--params FILE [--name value ...]`` selects DVC mode; any other arguments are Hydra overrides.
+    ``task`` may be ``"module:function"``, imported only once the stage runs here: a stage script
+    that names its task so starts in well under a second, and under ``python -m repro.warm run``
+    hands the stage to the warm server (:mod:`repro.warm`) before importing anything heavy.
     """
+    _warm_delegate()
     from repro.config import validate
 
+    task = _resolve(task)
     _configure_logging()
     argv = sys.argv[1:]
     if argv and argv[0] == "--params":
@@ -96,16 +190,21 @@ def run_stage(task: Callable[[DictConfig, StageContext], None]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    @hydra.main(config_path=str(REPO_ROOT / "conf"), config_name="config", version_base="1.3")
+    root = find_repo_root()
+
+    @hydra.main(config_path=str(root / "conf"), config_name="config", version_base="1.3")
     def _main(raw: DictConfig) -> None:
         cfg = validate(raw)
         _set_threads(cfg)
         hc = HydraConfig.get()
         multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
         group = _experiment_group(cfg)
-        if multirun and not cfg.wandb.group:
-            group = f"{group}-sweep-{Path(hc.sweep.dir).name}"
+        tags: tuple[tuple[str, str], ...] = ()
+        if multirun:
+            if not cfg.wandb.group:
+                group = sweep_group(group, argv, hc.sweep.dir)
+            tags = job_tags(argv, list(hc.overrides.task))
         out_root = Path(hc.runtime.output_dir)
-        task(cfg, StageContext(out_root, REPO_ROOT / cfg.run.cache_dir, group, sweep=True))
+        task(cfg, StageContext(out_root, root / cfg.run.cache_dir, group, sweep=True, job_tags=tags))
 
     _main()

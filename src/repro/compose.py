@@ -12,23 +12,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from repro.cli import REPO_ROOT
+from repro.cli import find_repo_root
 
 
-def compose_params(output: Path, overrides: list[str], conf_dir: Path = REPO_ROOT / "conf") -> Path:
-    """Write the composed config to ``output`` with DVC's own composer (same file DVC would write)."""
+def compose_params(output: Path, overrides: list[str], conf_dir: Path | None = None) -> Path:
+    """Write the composed config to ``output`` with DVC's own composer (same file DVC would write).
+
+    ``conf_dir`` defaults to ``conf/`` of the checkout the working directory is in.
+    """
     from dvc.utils.hydra import compose_and_dump
 
-    compose_and_dump(output, str(conf_dir.resolve()), None, "config", str(REPO_ROOT / ".dvc" / "plugins"), overrides)
+    root = find_repo_root()
+    conf_dir = conf_dir or root / "conf"
+    compose_and_dump(output, str(conf_dir.resolve()), None, "config", str(root / ".dvc" / "plugins"), overrides)
     return output
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=mini model=smollm2")
-    parser.add_argument("-o", "--output", type=Path, default=REPO_ROOT / "params.yaml")
+    parser.add_argument("-o", "--output", type=Path, default=None,
+                        help="output file (default: params.yaml of the checkout the working directory is in)")
     args = parser.parse_args()
-    print(compose_params(args.output, args.overrides))
+    print(compose_params(args.output or find_repo_root() / "params.yaml", args.overrides))
 
 
 if __name__ == "__main__":

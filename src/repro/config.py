@@ -59,9 +59,13 @@ SECTION_SCHEMAS: dict[str, str] = {
     "longlora.model": "repro.models.longlora:ModelConfig",
     "longlora.attention": "repro.models.attention.s2attn:S2AttnConfig",
     "longlora.adapter": "repro.models.longlora:AdapterConfig",
-    "longlora.base": "repro.workflows.longlora:BaseTrainConfig",
+    "longlora.base": "repro.stages:BaseTrainConfig",
     "longlora.train": "repro.lit.causal_lm:TrainConfig",
     "longlora.eval": "repro.evaluation.perplexity:LMEvalConfig",
+    "simcse.encoder": "repro.models.sentence_encoder:EncoderConfig",
+    "simcse.data": "repro.data.simcse_data:SimCSEDataConfig",
+    "simcse.train": "repro.lit.simcse:SimCSETrainConfig",
+    "simcse.eval": "repro.stages:SimCSEEvalConfig",
 }
 
 TOP_LEVEL_KEYS = {"seed", "run", "wandb", "longlora", "simcse", "ablations"}
@@ -116,9 +120,7 @@ def validate(cfg: DictConfig, sections: dict[str, str] | None = None) -> DictCon
 
 
 def _all_sections() -> dict[str, str]:
-    from repro.workflows.simcse import SIMCSE_SECTIONS
-
-    return register_sections(SIMCSE_SECTIONS)
+    return dict(SECTION_SCHEMAS)
 
 
 def to_dataclass(node: DictConfig, spec_or_cls) -> object:

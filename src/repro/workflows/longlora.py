@@ -8,8 +8,6 @@ q,k,v,o with trainable embeddings and norms, and evaluation with full attention.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -19,31 +17,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from repro.cli import StageContext
 from repro.config import to_dataclass
-from repro.provenance import code_version, prune_stale_checkpoints
+from repro.ckpt_store import code_version, prune_stale_checkpoints
+from repro.fingerprint import fingerprint as content_fingerprint
+from repro.stages import STAMP, BaseTrainConfig, reuse_or_cache, write_stamp
 from repro.tracking import init_run, make_run_name, record_run, stable_run_id, write_csv, write_metrics
 
 log = logging.getLogger(__name__)
 PAPER = "longlora"
-
-
-@dataclass
-class BaseTrainConfig:
-    """``longlora.base``: how the base model is obtained.
-
-    For a pretrained model (mini: SmolLM2, paper: Llama-2-7B) the base stage only materialises it as a
-    plain Hugging Face folder. The tiny profile has no pretrained checkpoint, so the tiny Llama is
-    first trained from scratch at its original context (standing in for the 4k-context pretraining
-    that LongLoRA starts from), then extended.
-    """
-
-    pretrain_steps: int = 300
-    batch_size: int = 16
-    lr: float = 3e-3
-    warmup_steps: int = 20
 
 
 def _data_identity(data: DictConfig) -> list[dict]:
@@ -56,24 +40,7 @@ def _data_identity(data: DictConfig) -> list[dict]:
 
 
 def _fingerprint(*parts: Any) -> str:
-    blob = json.dumps([OmegaConf.to_container(p) if isinstance(p, DictConfig) else p for p in parts], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-STAMP = ".fingerprint"
-
-
-def reuse_or_cache(pipeline_dir: Path, cache_dir: Path, fingerprint: str) -> Path:
-    """``pipeline_dir`` when it was built from the same config (its stamp matches), else ``cache_dir``."""
-    stamp = pipeline_dir / STAMP
-    if stamp.is_file() and stamp.read_text().strip() == fingerprint:
-        return pipeline_dir
-    return cache_dir
-
-
-def write_stamp(folder: Path, fingerprint: str) -> None:
-    """Mark a finished folder with the fingerprint of the config that built it."""
-    (folder / STAMP).write_text(fingerprint + "\n")
+    return content_fingerprint(list(parts), length=12)
 
 
 @dataclass(frozen=True)

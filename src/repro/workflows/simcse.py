@@ -21,34 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import ConfigError, to_dataclass
-from repro.workflows.longlora import reuse_or_cache, write_stamp
+from repro.stages import SimCSEEvalConfig, reuse_or_cache, write_stamp  # noqa: F401 (schema of simcse.eval)
 from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
 
 log = logging.getLogger(__name__)
 PAPER = "simcse"
-
-
-@dataclass
-class SimCSEEvalConfig:
-    """``simcse.eval``: STS evaluation settings.
-
-    Attributes:
-        batch_size: sentences per encoder call (length-sorted, each unique sentence once).
-        align_uniform: also report alignment/uniformity on STS-B (Wang & Isola; SimCSE §5).
-        reference_model: the SimCSE Table 5 row printed beside each run (with the run's setting).
-    """
-
-    batch_size: int = 128
-    align_uniform: bool = True
-    reference_model: str = "simcse-bert-base"
-
-
-SIMCSE_SECTIONS: dict[str, str] = {
-    "simcse.encoder": "repro.models.sentence_encoder:EncoderConfig",
-    "simcse.data": "repro.data.simcse_data:SimCSEDataConfig",
-    "simcse.train": "repro.lit.simcse:SimCSETrainConfig",
-    "simcse.eval": "repro.workflows.simcse:SimCSEEvalConfig",
-}
 
 
 def run_train_config(cfg: DictConfig, run: str):
@@ -161,6 +138,7 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
             "pooler": enc_cfg.pooler}
     if cfg.ablations.variant:
         tags["variant"] = f"{cfg.ablations.name}/{cfg.ablations.variant}"
+    tags.update(ctx.job_tags)  # a sweep job's swept values: each job its own run name
     wandb_run = init_run(cfg, PAPER, "train", make_run_name(PAPER, "train", cfg.run.profile, tags), ctx.group)
     recorder = HistoryRecorder(("train/loss", "train/lr", "eval/stsb_dev_spearman", "eval/align", "eval/uniform"))
     start = time.perf_counter()
@@ -242,6 +220,7 @@ def evaluate(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     tags = {"run": run, "mode": train_cfg.mode}
     if cfg.ablations.variant:
         tags["variant"] = f"{cfg.ablations.name}/{cfg.ablations.variant}"
+    tags.update(ctx.job_tags)
     wandb_run = init_run(cfg, PAPER, "evaluate", make_run_name(PAPER, "evaluate", cfg.run.profile, tags), ctx.group)
     try:
         wandb_run.summary.update({**metrics, "note": result.note})

@@ -1,0 +1,47 @@
+"""Training-checkpoint folders: keyed by config and code version, and cleaned up by one rule.
+
+A checkpoint written by other code must not be resumed (it would continue a run whose model, loss or
+data order may have changed), so checkpoint folders are keyed by config *and* :func:`code_version`,
+a digest of the library's own source files. :func:`prune_stale_checkpoints` states the cleanup rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """sha256 (12 hex digits) over the paths and bytes of every ``.py`` file of the ``repro`` package."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def prune_stale_checkpoints(parent: Path, keep: Path, max_age_days: float) -> list[Path]:
+    """Delete checkpoint folders in ``parent`` other than ``keep`` untouched for more than ``max_age_days``.
+
+    The rule (stated in the README): a finished run deletes its own folder; a killed run's folder stays so
+    that a rerun of the same config and code resumes it, until it has been left alone for
+    ``max_age_days`` (``run.ckpt_keep_days``), when the next training stage that uses ``parent`` removes it.
+    """
+    import shutil
+    import time
+
+    if not parent.is_dir():
+        return []
+    cutoff = time.time() - max_age_days * 86400
+    removed = []
+    for folder in parent.iterdir():
+        if not folder.is_dir() or folder.resolve() == keep.resolve():
+            continue
+        newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
+        if newest < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed

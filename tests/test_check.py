@@ -1,0 +1,58 @@
+"""`python -m repro.check`: the config checks `make repro` runs before DVC removes any output."""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from repro.check import check_config, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def params():
+    return OmegaConf.load(ROOT / "params.yaml")
+
+
+def test_committed_params_pass(params):
+    assert check_config(params) == []
+
+
+def test_group_size_that_does_not_divide_the_context_is_named(params):
+    params.longlora.attention.group_size_ratio = 0.3
+    context = int(params.longlora.train.context_length)
+    assert context % int(context * 0.3) != 0  # the premise: 0.3 of the context does not divide it
+    problems = check_config(params)
+    assert problems and problems[0].startswith("longlora.attention")
+    assert f"group size {int(context * 0.3)}" in problems[0]
+    # the context ablation trains at other lengths: each variant's own group size is checked too
+    lengths = (OmegaConf.select(v, "longlora.train.context_length") for v in
+               params.ablations.longlora_context.variants.values())
+    other = {int(n) for n in lengths if n is not None and int(n) != context}
+    assert other, "the context ablation should train at another length"
+    for n in other:
+        assert any(f"context_length={n}" in p and "ablations.longlora_context" in p for p in problems)
+
+
+def test_odd_group_with_a_half_shift_is_rejected_but_not_without_shift(params):
+    context = int(params.longlora.train.context_length)
+    params.longlora.attention.group_size_ratio = 1 / context  # G = 1 divides T but cannot be halved
+    params.longlora.attention.shift = "heads"
+    assert any("odd" in p for p in check_config(params))
+    params.longlora.attention.shift = "none"
+    assert not any(p.startswith("longlora.attention") for p in check_config(params))
+
+
+def test_wrong_type_is_named_before_any_stage_runs(params, tmp_path, capsys):
+    params.longlora.train.lr = "abc"
+    bad = tmp_path / "params.yaml"
+    OmegaConf.save(params, bad)
+    assert main(["--params", str(bad)]) == 1
+    assert "longlora.train.lr" in capsys.readouterr().err
+    assert main(["--params", str(ROOT / "params.yaml")]) == 0
+
+
+def test_bad_simcse_run_is_named(params):
+    params.simcse.runs.sup.temprature = 0.1
+    assert any("simcse.runs.sup" in p for p in check_config(params))
