@@ -20,7 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
-from repro.config import ConfigError, to_dataclass
+from repro.config import ConfigError
+from repro.scale import split_global_batch
 from repro.workflows.longlora import reuse_or_cache, write_stamp
 from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
 
@@ -51,18 +52,73 @@ SIMCSE_SECTIONS: dict[str, str] = {
 }
 
 
+def _run_diff(cfg: DictConfig, run: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(train diff, encoder diff) of ``simcse.runs.<run>``; its ``encoder:`` entry overrides ``simcse.encoder``."""
+    runs = cfg.simcse.runs
+    if run not in runs:
+        raise ConfigError(f"unknown SimCSE run '{run}'; simcse.runs has {sorted(runs)}")
+    diff = OmegaConf.to_container(runs[run] or {}, resolve=True)
+    encoder = diff.pop("encoder", None) or {}
+    if not isinstance(encoder, dict):
+        raise ConfigError(f"simcse.runs.{run}.encoder must be a mapping of simcse.encoder keys; got {encoder!r}")
+    return diff, encoder
+
+
 def run_train_config(cfg: DictConfig, run: str):
     """``simcse.train`` with the named run's overrides merged in (errors name the key)."""
     from repro.lit.simcse import SimCSETrainConfig
 
-    runs = cfg.simcse.runs
-    if run not in runs:
-        raise ConfigError(f"unknown SimCSE run '{run}'; simcse.runs has {sorted(runs)}")
+    diff, _ = _run_diff(cfg, run)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(SimCSETrainConfig), cfg.simcse.train, runs[run])
+        merged = OmegaConf.merge(OmegaConf.structured(SimCSETrainConfig), cfg.simcse.train, diff)
+        return OmegaConf.to_object(merged)
     except Exception as exc:  # omegaconf validation error: name the run's key
         raise ConfigError(f"invalid simcse.runs.{run}: {exc}") from exc
-    return OmegaConf.to_object(merged)
+
+
+def run_encoder_config(cfg: DictConfig, run: str):
+    """``simcse.encoder`` with ``simcse.runs.<run>.encoder`` merged in.
+
+    The reference's supervised script keeps the MLP at test time (``--pooler_type cls`` without
+    ``--mlp_only_train``; Table 6: 86.2 with it, 85.8 without), the unsupervised one drops it, so the
+    ``sup`` run sets ``encoder: {mlp_only_train: false}`` over an encoder that says ``true``.
+    """
+    from repro.models.sentence_encoder import EncoderConfig
+
+    _, diff = _run_diff(cfg, run)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(EncoderConfig), cfg.simcse.encoder, diff)
+        return OmegaConf.to_object(merged)
+    except Exception as exc:
+        raise ConfigError(f"invalid simcse.runs.{run}.encoder: {exc}") from exc
+
+
+def code_version() -> str:
+    """sha256 (12 hex) of the source files that decide what a SimCSE checkpoint contains."""
+    import hashlib
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in ("repro.lit.simcse", "repro.losses", "repro.models.sentence_encoder", "repro.models.pooling",
+                 "repro.workflows.simcse", "repro.lit.causal_lm"):
+        digest.update(name.encode() + b"\0" + Path(importlib.import_module(name).__file__).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def checkpoint_key(cfg: DictConfig, run: str, data_fp: str) -> str:
+    """Folder key of a run's training checkpoints: its train + encoder config, data, seed, world and code.
+
+    A rerun of the same config resumes; a changed lr (or code) starts afresh in a new folder.
+    """
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    world = int(cfg.run.devices) * int(cfg.run.num_nodes)
+    parts = {"train": asdict(run_train_config(cfg, run)), "encoder": asdict(run_encoder_config(cfg, run)),
+             "data": data_fp, "seed": cfg.get("seed"), "world": world, "code": code_version()}
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return f"{run}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)
@@ -87,7 +143,7 @@ class Paths:
             data=data,
             data_fp=data_fp,
             model=out / cfg.run.model_dir / "simcse" / run,
-            ckpt=out / cfg.run.model_dir / "simcse-checkpoints" / run,
+            ckpt=out / cfg.run.model_dir / "simcse-checkpoints" / (checkpoint_key(cfg, run, data_fp) if run else ""),
             metrics=out / cfg.run.metrics_dir / "simcse",
             plots=out / cfg.run.plots_dir / "simcse",
         )
@@ -104,10 +160,8 @@ def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
     return manifest
 
 
-def _encoder_config(cfg: DictConfig, paths: Paths):
-    from repro.models.sentence_encoder import EncoderConfig
-
-    enc = to_dataclass(cfg.simcse.encoder, EncoderConfig)
+def _encoder_config(cfg: DictConfig, paths: Paths, run: str):
+    enc = run_encoder_config(cfg, run)
     if enc.source == "tiny" and not enc.tokenizer_path:
         enc.tokenizer_path = str(paths.data / "tokenizer")
     return enc
@@ -140,17 +194,27 @@ def _dev_eval(paths: Paths, batch_size: int, with_align: bool):
 
 
 def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
-    """Train one SimCSE run; keep the best STS-B-dev checkpoint; export the encoder."""
+    """Train one SimCSE run; keep the best STS-B-dev checkpoint; export the encoder.
+
+    Scale-out (``run.devices × run.num_nodes`` ranks, ``run.strategy``): ``simcse.train.batch_size``
+    is global and split over the ranks (no accumulation); the W&B run, exports, metric files and
+    checkpoint cleanup happen on global rank zero only. Under Lightning's ``ddp`` launcher the other
+    ranks re-run the stage script, build the same module, train, and return after ``fit``.
+    """
     import lightning as L
     from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
 
     from repro.lit.history import HistoryRecorder
     from repro.lit.simcse import SimCSEDataModule, SimCSEModule, build_callbacks, build_trainer_kwargs
-    from repro.models.sentence_encoder import build_encoder, export_hf
+    from repro.models.sentence_encoder import build_encoder
+    from repro.models.simcse_export import export_hf, export_sentence_transformers
 
     paths = Paths.of(cfg, ctx, run)
     train_cfg = run_train_config(cfg, run)
-    enc_cfg = _encoder_config(cfg, paths)
+    enc_cfg = _encoder_config(cfg, paths, run)
+    world = int(cfg.run.devices) * int(cfg.run.num_nodes)
+    split_global_batch(train_cfg.batch_size, world, key=f"simcse.train.batch_size (run {run})")  # fail early
     L.seed_everything(train_cfg.seed, verbose=False)
     encoder = build_encoder(enc_cfg, enc_cfg.tokenizer_path)
     examples = _training_examples(paths, train_cfg.mode)
@@ -161,16 +225,21 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
             "pooler": enc_cfg.pooler}
     if cfg.ablations.variant:
         tags["variant"] = f"{cfg.ablations.name}/{cfg.ablations.variant}"
-    wandb_run = init_run(cfg, PAPER, "train", make_run_name(PAPER, "train", cfg.run.profile, tags), ctx.group)
+    zero = rank_zero_only.rank == 0  # set from the launcher's env before any Trainer exists
+    wandb_run = init_run(cfg, PAPER, "train", make_run_name(PAPER, "train", cfg.run.profile, tags), ctx.group) \
+        if zero else None
     recorder = HistoryRecorder(("train/loss", "train/lr", "eval/stsb_dev_spearman", "eval/align", "eval/uniform"))
     start = time.perf_counter()
     try:
-        callbacks = build_callbacks(paths.ckpt)
+        callbacks = build_callbacks(paths.ckpt, train_cfg)
         trainer = L.Trainer(**build_trainer_kwargs(train_cfg), callbacks=[*callbacks, recorder],
-                            logger=WandbLogger(experiment=wandb_run), accelerator=cfg.run.accelerator, devices=cfg.run.devices,
-                            enable_progress_bar=False, enable_model_summary=False)
+                            logger=WandbLogger(experiment=wandb_run) if wandb_run is not None else False,
+                            accelerator=cfg.run.accelerator, devices=cfg.run.devices, num_nodes=cfg.run.num_nodes,
+                            strategy=cfg.run.strategy, enable_progress_bar=False, enable_model_summary=False)
         resume = paths.ckpt / "last.ckpt"
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.is_file() else None)
+        if not trainer.is_global_zero:
+            return {}
         best = callbacks[0]
         if best.best_model_path:  # the paper's model selection: the best STS-B dev checkpoint
             state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
@@ -180,6 +249,7 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
         metrics = {
             "train/best_stsb_dev": best_score,
             "train/steps": int(trainer.global_step),
+            "train/world_size": world,
             "train/sentences_per_s": float(sps) if sps is not None else float("nan"),
             "train/peak_mem_mb": float(trainer.callback_metrics.get("train/peak_mem_mb", float("nan"))),
             "train/wall_s": round(time.perf_counter() - start, 2),
@@ -187,10 +257,16 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
         wandb_run.summary.update(metrics)
         record_run(wandb_run, paths.metrics / "runs" / f"train_{run}.json")
     finally:
-        wandb_run.finish()
+        if wandb_run is not None:
+            wandb_run.finish()
     paths.model.mkdir(parents=True, exist_ok=True)
+    encoder.cpu()
     torch.save(encoder.state_dict(), paths.model / "encoder.pt")
-    export_hf(encoder, paths.model / "hf")
+    export_hf(encoder, paths.model / "hf")  # MLP head as BERT's pooler (simcse_to_huggingface.py)
+    try:
+        export_sentence_transformers(encoder, out_dir=paths.model / "sentence-transformers")
+    except (ImportError, ValueError) as exc:  # optional extra / a pooler without an ST equivalent
+        log.warning("no sentence-transformers export: %s", exc)
     # Checkpoints exist to survive a failure; once the best encoder is saved they go, so that a
     # rerun (e.g. after a code change) trains afresh instead of resuming a finished run.
     shutil.rmtree(paths.ckpt, ignore_errors=True)
@@ -206,7 +282,7 @@ def load_trained_encoder(cfg: DictConfig, ctx: StageContext, run: str):
     from repro.models.sentence_encoder import build_encoder
 
     paths = Paths.of(cfg, ctx, run)
-    enc_cfg = _encoder_config(cfg, paths)
+    enc_cfg = _encoder_config(cfg, paths, run)
     encoder = build_encoder(enc_cfg, enc_cfg.tokenizer_path)
     weights = paths.model / "encoder.pt"
     if not weights.is_file():
