@@ -357,4 +357,5 @@ def build_trainer_kwargs(cfg: SimCSETrainConfig) -> dict[str, Any]:
         "log_every_n_steps": 1,
         "gradient_clip_val": cfg.max_grad_norm if cfg.max_grad_norm > 0 else None,  # HF Trainer: 1.0
         "gradient_clip_algorithm": "norm",
+        "use_distributed_sampler": False,  # the resumable sampler splits the stream by rank itself
     }

@@ -57,7 +57,8 @@ def _run_diff(cfg: DictConfig, run: str) -> tuple[dict[str, Any], dict[str, Any]
     runs = cfg.simcse.runs
     if run not in runs:
         raise ConfigError(f"unknown SimCSE run '{run}'; simcse.runs has {sorted(runs)}")
-    diff = OmegaConf.to_container(runs[run] or {}, resolve=True)
+    node = runs[run]
+    diff = OmegaConf.to_container(node, resolve=True) if node is not None else {}
     encoder = diff.pop("encoder", None) or {}
     if not isinstance(encoder, dict):
         raise ConfigError(f"simcse.runs.{run}.encoder must be a mapping of simcse.encoder keys; got {encoder!r}")
