@@ -49,6 +49,7 @@ SIMCSE_SECTIONS: dict[str, str] = {
     "simcse.data": "repro.data.simcse_data:SimCSEDataConfig",
     "simcse.train": "repro.lit.simcse:SimCSETrainConfig",
     "simcse.eval": "repro.workflows.simcse:SimCSEEvalConfig",
+    "simcse.transfer": "repro.evaluation.transfer:TransferConfig",
 }
 
 
@@ -326,4 +327,37 @@ def evaluate(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     finally:
         wandb_run.finish()
     write_metrics(paths.metrics / f"eval_{run}.json", metrics)
+    return metrics
+
+
+def transfer(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
+    """SentEval transfer tasks (MR, CR, SUBJ, MPQA, SST-2, TREC, MRPC) on the run's frozen embeddings.
+
+    Logistic regression (scikit-learn) under the SentEval protocol (:mod:`repro.evaluation.transfer`);
+    sentences are encoded untruncated, as for STS. Writes ``metrics/simcse/transfer_<run>.json``.
+    """
+    from repro.config import to_dataclass
+    from repro.evaluation.transfer import TransferConfig, evaluate_transfer
+
+    paths = Paths.of(cfg, ctx, run)
+    tcfg = to_dataclass(cfg.simcse.transfer, TransferConfig)
+    root = Path(tcfg.data_dir)
+    if not root.is_absolute():
+        from repro.cli import REPO_ROOT
+
+        root = (Path.cwd() / root) if (Path.cwd() / root).is_dir() else REPO_ROOT / root
+    tcfg.data_dir = str(root)
+    encoder = load_trained_encoder(cfg, ctx, run)
+    start = time.perf_counter()
+    metrics = evaluate_transfer(lambda s: encoder.encode(s, batch_size=tcfg.batch_size).numpy(), tcfg)
+    metrics["transfer/seconds"] = round(time.perf_counter() - start, 2)
+    metrics["transfer/max_examples"] = tcfg.max_examples if tcfg.max_examples is not None else -1
+    tags = {"run": run, "mode": run_train_config(cfg, run).mode}
+    wandb_run = init_run(cfg, PAPER, "transfer", make_run_name(PAPER, "transfer", cfg.run.profile, tags), ctx.group)
+    try:
+        wandb_run.summary.update(metrics)
+        record_run(wandb_run, paths.metrics / "runs" / f"transfer_{run}.json")
+    finally:
+        wandb_run.finish()
+    write_metrics(paths.metrics / f"transfer_{run}.json", metrics)
     return metrics
