@@ -361,3 +361,25 @@ def transfer(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
         wandb_run.finish()
     write_metrics(paths.metrics / f"transfer_{run}.json", metrics)
     return metrics
+
+
+def run_seeds(cfg: DictConfig, ctx: StageContext, run: str, seeds: list[int]) -> dict[str, Any]:
+    """Train + evaluate one run once per seed, in one process; metrics as mean, ``/std`` and ``/per_seed``.
+
+    Published reproductions report 1–3 points of seed variance on STS, so an ablation ordering is
+    only "held" when it holds beyond the spread (:func:`repro.reports.simcse.ordering_held`). Each
+    seed trains in ``<out>/seed<N>/`` (its own checkpoints and W&B run); the data is shared.
+    """
+    from dataclasses import replace
+
+    from repro.reports.simcse import aggregate_seeds
+
+    if not seeds:
+        raise ConfigError("ablation 'seeds' must list at least one seed")
+    per_seed: list[dict[str, Any]] = []
+    prepare(cfg, ctx)
+    for seed in seeds:
+        scfg = OmegaConf.merge(cfg, {"seed": int(seed), "simcse": {"train": {"seed": int(seed)}}})
+        sctx = replace(ctx, out_root=ctx.out_root / f"seed{seed}")
+        per_seed.append({**train(scfg, sctx, run), **evaluate(scfg, sctx, run)})
+    return aggregate_seeds(per_seed, seeds)
