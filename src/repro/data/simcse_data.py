@@ -56,6 +56,8 @@ class SimCSEDataConfig:
         hub_nli_file: file name of the NLI triplets in ``hub_repo``.
         hub_stsb_repo: STS-B repo (``sentence-transformers/stsb`` or ``mteb/stsbenchmark-sts``).
         hub_revision: pinned revision of ``hub_repo`` (None: default branch).
+        hub_local_root: folder holding the hub repos laid out as on the hub (``<root>/<repo_id>/<file>``),
+            read by the same loaders offline (None: download through the hub cache).
         max_sentences: keep the first N training sentences (None: all).
         max_triplets: keep the first N triplets (None: all).
         n_sentences: synthetic: number of training sentences.
@@ -79,6 +81,7 @@ class SimCSEDataConfig:
     hub_nli_file: str = NLI_FILE
     hub_stsb_repo: str = "sentence-transformers/stsb"
     hub_revision: Optional[str] = None
+    hub_local_root: Optional[str] = None
     max_sentences: Optional[int] = None
     max_triplets: Optional[int] = None
     n_sentences: int = 2000
@@ -204,7 +207,7 @@ def _load_sts(cfg: SimCSEDataConfig, name: str) -> STSTask:
         return synthetic_sts_task(name, cfg.seed, cfg.n_sts_pairs)
     if cfg.source == "local":
         return read_sts_task(name, cfg.sts_root, cfg.sts_layout, splits=splits)
-    return load_sts_hub(name, splits=splits, stsb_repo=cfg.hub_stsb_repo)
+    return load_sts_hub(name, splits=splits, stsb_repo=cfg.hub_stsb_repo, local_root=cfg.hub_local_root)
 
 
 def prepare_simcse_data(cfg: Mapping[str, Any] | SimCSEDataConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -236,7 +239,8 @@ def prepare_simcse_data(cfg: Mapping[str, Any] | SimCSEDataConfig, out_dir: str 
         elif cfg.source == "local":
             sentences = read_sentence_file(cfg.wiki_path, cfg.max_sentences)
         else:
-            sentences = load_wiki1m_hub(cfg.hub_repo, cfg.hub_wiki_file, cfg.max_sentences, cfg.hub_revision)
+            sentences = load_wiki1m_hub(cfg.hub_repo, cfg.hub_wiki_file, cfg.max_sentences, cfg.hub_revision,
+                                        cfg.hub_local_root)
         path = out_dir / "train_sentences.txt"
         path.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
         counts["train_sentences"], texts = len(sentences), texts + sentences
@@ -247,7 +251,8 @@ def prepare_simcse_data(cfg: Mapping[str, Any] | SimCSEDataConfig, out_dir: str 
         elif cfg.source == "local":
             triplets = read_nli_csv(cfg.nli_path, cfg.max_triplets)
         else:
-            triplets = load_nli_hub(cfg.hub_repo, cfg.hub_nli_file, cfg.max_triplets, cfg.hub_revision)
+            triplets = load_nli_hub(cfg.hub_repo, cfg.hub_nli_file, cfg.max_triplets, cfg.hub_revision,
+                                    cfg.hub_local_root)
         path = out_dir / "train_triplets.csv"
         write_nli_csv(triplets, path)
         counts["train_triplets"] = len(triplets)
