@@ -139,3 +139,33 @@ def test_checkpoint_folder_changes_with_lr_and_not_with_run_name_only(repo_root)
     assert base != checkpoint_key(OmegaConf.merge(cfg, {"simcse": {"train": {"lr": 0.5}}}), "unsup", "data0")
     assert base != checkpoint_key(cfg, "unsup", "data1")
     assert base.startswith("unsup-")
+
+
+def test_eval_avg_sts_selects_on_the_mean_of_stsb_and_sickr_dev(tokenizer_dir, tmp_path):
+    import lightning as L
+
+    from repro.lit.simcse import SimCSEDataModule, build_callbacks, build_trainer_kwargs
+
+    # step:        2     4     6      STS-B dev alone would pick step 2; the mean picks step 4
+    stsb = iter([0.9, 0.5, 0.1])
+    sick = iter([0.1, 0.8, 0.1])
+    cfg = SimCSETrainConfig(lr=1e-3, batch_size=4, max_steps=6, eval_every_n_steps=2, eval_avg_sts=True)
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(source="tiny", tokenizer_path=str(tokenizer_dir), pooler="avg"))
+    module = SimCSEModule(enc, cfg, lambda f: {"stsb_dev_spearman": next(stsb), "sickr_dev_spearman": next(sick)})
+    callbacks = build_callbacks(tmp_path / "ckpt", cfg)
+    trainer = L.Trainer(**build_trainer_kwargs(cfg), accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=callbacks)
+    trainer.fit(module, datamodule=SimCSEDataModule(SENTENCES * 4, enc.tokenizer, 32, cfg))
+    assert Path(callbacks[0].best_model_path).name == "best-step=4.ckpt"
+    assert callbacks[0].best_model_score.item() == pytest.approx((0.5 + 0.8) / 2)
+    assert trainer.gradient_clip_val == 1.0  # HF Trainer's max_grad_norm default
+
+
+def test_prepared_data_has_sickr_dev_for_avg_sts(tmp_path):
+    from repro.data.simcse_data import prepare_simcse_data
+    from repro.evaluation.sts import STSEvaluator
+
+    prepare_simcse_data({"source": "synthetic", "n_sentences": 50, "n_triplets": 20, "n_sts_pairs": 10}, tmp_path)
+    ev = STSEvaluator.from_dir(tmp_path / "sts", layout="tsv", tasks=["sickr"], with_sick_dev=True)
+    assert set(ev.tasks["sickr"]) == {"trial", "test"}

@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 SOURCES = ("synthetic", "local", "hub")
 OBJECTIVES = ("unsup", "sup", "both")
-EVAL_SPLITS = MappingProxyType({"STSBenchmark": ("dev", "test"), "SICKRelatedness": ("test",)})
+# SICK-R's trial split is the reference's SICK-R dev set (model selection with --eval_avg_sts);
+# the hub copy (mteb/sickr-sts) has only the test split.
+EVAL_SPLITS = MappingProxyType({"STSBenchmark": ("dev", "test"), "SICKRelatedness": ("trial", "test")})
+HUB_EVAL_SPLITS = MappingProxyType({"STSBenchmark": ("dev", "test"), "SICKRelatedness": ("test",)})
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -206,8 +209,15 @@ def _load_sts(cfg: SimCSEDataConfig, name: str) -> STSTask:
     if cfg.source == "synthetic":
         return synthetic_sts_task(name, cfg.seed, cfg.n_sts_pairs)
     if cfg.source == "local":
-        return read_sts_task(name, cfg.sts_root, cfg.sts_layout, splits=splits)
-    return load_sts_hub(name, splits=splits, stsb_repo=cfg.hub_stsb_repo, local_root=cfg.hub_local_root)
+        try:
+            return read_sts_task(name, cfg.sts_root, cfg.sts_layout, splits=splits)
+        except FileNotFoundError:
+            if name != "SICKRelatedness":
+                raise
+            # SICK-R dev (trial) is optional: only model selection with eval_avg_sts needs it
+            log.info("no SICK-R trial split under %s; reading SICK-R test only", cfg.sts_root)
+            return read_sts_task(name, cfg.sts_root, cfg.sts_layout, splits=HUB_EVAL_SPLITS[name])
+    return load_sts_hub(name, splits=HUB_EVAL_SPLITS.get(name), stsb_repo=cfg.hub_stsb_repo, local_root=cfg.hub_local_root)
 
 
 def prepare_simcse_data(cfg: Mapping[str, Any] | SimCSEDataConfig, out_dir: str | Path) -> dict[str, Any]:

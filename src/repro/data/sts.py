@@ -337,7 +337,7 @@ def synthetic_sts_task(name: str, seed: int, n_pairs: int, grammar: SyntheticGra
     Each pair renders a random slot tuple and a perturbed copy with independent synonym choices;
     the gold score (0–5) is the weighted count of concepts the two share (:data:`SLOT_WEIGHTS`).
     STS12–16 get ``n_subsets`` subsets of unequal size (so 'mean' and 'wmean' differ), STS-B gets
-    ``dev`` and ``test`` splits (``dev`` is for model selection), SICK-R a ``test`` split.
+    ``dev`` and ``test`` splits (``dev`` is for model selection), SICK-R ``test`` and ``trial`` (its dev set).
     """
     name, grammar = canonical_task(name), grammar or SyntheticGrammar()
     rng = random.Random(f"{seed}/{name}")
@@ -346,7 +346,8 @@ def synthetic_sts_task(name: str, seed: int, n_pairs: int, grammar: SyntheticGra
         sizes = [max(2, n_pairs * w // sum(weights)) for w in weights]
         parts = {f"synthetic-{chr(97 + i)}": size for i, size in enumerate(sizes)}
     else:
-        parts = {"dev": n_pairs, "test": n_pairs} if name == "STSBenchmark" else {"test": n_pairs}
+        # test first: adding SICK-R's trial (dev) split leaves the test pairs as they were
+        parts = {"dev": n_pairs, "test": n_pairs} if name == "STSBenchmark" else {"test": n_pairs, "trial": n_pairs}
     subsets = {}
     for part, size in parts.items():
         pairs = STSPairs([], [], [])

@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 DEV_METRIC = "eval/stsb_dev_spearman"
+AVG_STS_METRIC = "eval/avg_sts"  # (STS-B dev + SICK-R dev) / 2, the reference's eval_avg_sts
 DevEval = Callable[[Callable[[list[str]], Tensor]], dict[str, float]]
 _MODES = ("unsup", "sup")
 
@@ -81,6 +82,8 @@ class SimCSETrainConfig:
         ckpt_every_n_steps: also refresh ``last.ckpt`` every N steps between evaluations, so a kill
             before the first evaluation resumes too (0: only at evaluations).
         similarity: "cos" (the paper) or "dot" (Table D.1's dot-product row, no temperature).
+        eval_avg_sts: select the model on the mean of STS-B dev and SICK-R dev Spearman (the
+            reference's ``metric_for_best_model=avg_sts``) instead of STS-B dev alone.
     """
 
     mode: str = "unsup"
@@ -100,6 +103,7 @@ class SimCSETrainConfig:
     max_grad_norm: float = 1.0
     ckpt_every_n_steps: int = 0
     similarity: str = "cos"
+    eval_avg_sts: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
@@ -288,6 +292,11 @@ class SimCSEModule(L.LightningModule):
             results["stsb_dev_spearman"] = results.pop("spearman")
         if "stsb_dev_spearman" not in results:
             raise KeyError(f"dev_eval must return 'stsb_dev_spearman' (or 'spearman'); got keys {sorted(results)}")
+        if self.cfg.eval_avg_sts:
+            if "sickr_dev_spearman" not in results:
+                raise KeyError("simcse.train.eval_avg_sts needs dev_eval to return 'sickr_dev_spearman' "
+                               "(SICK-R trial split in the prepared data)")
+            results["avg_sts"] = (results["stsb_dev_spearman"] + results["sickr_dev_spearman"]) / 2
         for key, value in results.items():
             if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1):
                 self.log(f"eval/{key}", float(value), prog_bar=key == "stsb_dev_spearman")
@@ -335,7 +344,7 @@ def build_callbacks(ckpt_dir: str | Path, cfg: SimCSETrainConfig | None = None) 
         dirpath=str(ckpt_dir),
         filename="best-step={step}",
         auto_insert_metric_name=False,
-        monitor=DEV_METRIC,
+        monitor=AVG_STS_METRIC if cfg is not None and cfg.eval_avg_sts else DEV_METRIC,
         mode="max",
         save_top_k=1,
         save_last=True,

@@ -177,16 +177,26 @@ def _training_examples(paths: Paths, mode: str) -> list:
         return [(r["sent0"], r["sent1"], r["hard_neg"]) for r in csv.DictReader(f)]
 
 
-def _dev_eval(paths: Paths, batch_size: int, with_align: bool):
+def _dev_eval(paths: Paths, batch_size: int, with_align: bool, with_sick: bool = False):
     """STS-B dev Spearman (model selection) plus alignment/uniformity on STS-B dev pairs."""
     from repro.evaluation.align_uniform import align_uniform_stsb
     from repro.evaluation.sts import STSEvaluator
 
     evaluator = STSEvaluator.from_dir(paths.data / "sts", layout="tsv", tasks=["stsb"], batch_size=batch_size)
     dev = evaluator.tasks["stsb"]["dev"]
+    sick = None
+    if with_sick:
+        try:
+            sick = STSEvaluator.from_dir(paths.data / "sts", layout="tsv", tasks=["sickr"], batch_size=batch_size,
+                                         with_sick_dev=True)
+        except FileNotFoundError as exc:
+            raise ConfigError("simcse.train.eval_avg_sts=true needs SICK-R dev (trial) pairs; the prepared data has "
+                              f"none (the hub copy of SICK-R is test only: use simcse.data.source=local): {exc}") from exc
 
     def dev_eval(encode_fn) -> dict[str, float]:
         out = {"stsb_dev_spearman": evaluator.dev_spearman(encode_fn)}
+        if sick is not None:
+            out["sickr_dev_spearman"] = sick.evaluate(encode_fn).metrics["sickr/trial"]
         if with_align:
             au = align_uniform_stsb(encode_fn, list(zip(dev.s1, dev.s2)), list(dev.gold))
             out.update({"align": au["align"], "uniform": au["uniform"]})
@@ -220,7 +230,7 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     L.seed_everything(train_cfg.seed, verbose=False)
     encoder = build_encoder(enc_cfg, enc_cfg.tokenizer_path)
     examples = _training_examples(paths, train_cfg.mode)
-    dev_eval = _dev_eval(paths, cfg.simcse.eval.batch_size, cfg.simcse.eval.align_uniform)
+    dev_eval = _dev_eval(paths, cfg.simcse.eval.batch_size, cfg.simcse.eval.align_uniform, train_cfg.eval_avg_sts)
     module = SimCSEModule(encoder, train_cfg, dev_eval)
     datamodule = SimCSEDataModule(examples, encoder.tokenizer, enc_cfg.max_length, train_cfg)
     tags = {"run": run, "encoder": enc_cfg.source if enc_cfg.source == "tiny" else enc_cfg.name_or_path or enc_cfg.package,
