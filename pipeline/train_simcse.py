@@ -16,8 +16,8 @@ def main(cfg: DictConfig, ctx: StageContext) -> None:
     run = ctx.option("run", cfg.simcse.run)
     if ctx.sweep:
         simcse.prepare(cfg, ctx)
-    simcse.train(cfg, ctx, run)
-    if ctx.sweep:
+    metrics = simcse.train(cfg, ctx, run)
+    if ctx.sweep and metrics:  # only global rank zero gets metrics back under DDP
         simcse.evaluate(cfg, ctx, run)
 
 
