@@ -22,8 +22,8 @@ def main(cfg: DictConfig, ctx: StageContext) -> None:
         return
     if ctx.sweep:
         simcse.prepare(cfg, ctx)
-    simcse.train(cfg, ctx, run)
-    if ctx.sweep:
+    metrics = simcse.train(cfg, ctx, run)
+    if ctx.sweep and metrics:  # only global rank zero gets metrics back under DDP
         simcse.evaluate(cfg, ctx, run)
 
 

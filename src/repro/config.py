@@ -66,6 +66,7 @@ SECTION_SCHEMAS: dict[str, str] = {
     "simcse.data": "repro.data.simcse_data:SimCSEDataConfig",
     "simcse.train": "repro.lit.simcse:SimCSETrainConfig",
     "simcse.eval": "repro.stages:SimCSEEvalConfig",
+    "simcse.transfer": "repro.evaluation.transfer:TransferConfig",
 }
 
 TOP_LEVEL_KEYS = {"seed", "run", "wandb", "longlora", "simcse", "ablations"}

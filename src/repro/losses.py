@@ -65,6 +65,7 @@ def contrastive_logits(
     temperature: float = 0.05,
     hard_negatives: Tensor | None = None,
     hard_negative_weight: float = 0.0,
+    similarity: str = "cos",
 ) -> Tensor:
     """Similarity logits of SimCSE's contrastive objective (paper Eq. 1 and Eq. 5).
 
@@ -77,6 +78,8 @@ def contrastive_logits(
             of the hard-negative block), as the reference's ``--hard_negative_weight`` does. The paper
             writes the weight as α in exp(sim/τ) terms; the added value is log α, so the default 0.0
             means α = 1 (hard negatives weighted like any other negative).
+        similarity: "cos" (cosine / τ, the paper) or "dot" (plain dot product, no temperature:
+            the "N/A" row of Table D.1).
 
     Returns:
         Logits [N, N] (unsupervised) or [N, 2N] (with hard negatives: columns N..2N-1 are
@@ -87,11 +90,17 @@ def contrastive_logits(
     if temperature <= 0:
         raise ValueError(f"info_nce: 'temperature' must be > 0; got {temperature}")
     _check_pair("z2", z1, z2)
-    logits = _cosine_matrix(z1, z2) / temperature  # [N, N]
+    if similarity not in ("cos", "dot"):
+        raise ValueError(f"info_nce: 'similarity' must be 'cos' or 'dot'; got {similarity!r}")
+
+    def sim(a: Tensor, b: Tensor) -> Tensor:
+        return a @ b.transpose(0, 1) if similarity == "dot" else _cosine_matrix(a, b) / temperature
+
+    logits = sim(z1, z2)  # [N, N]
     if hard_negatives is None:
         return logits
     _check_pair("hard_negatives", z1, hard_negatives)
-    hard = _cosine_matrix(z1, hard_negatives) / temperature  # [N, N]
+    hard = sim(z1, hard_negatives)  # [N, N]
     if hard_negative_weight != 0.0:
         # Only the diagonal moves; written as a masked add so that log α = -inf (α = 0, the
         # 'no hard negative' row of Table 7) gives -inf there and not -inf·0 = NaN elsewhere.
@@ -106,6 +115,7 @@ def info_nce(
     temperature: float = 0.05,
     hard_negatives: Tensor | None = None,
     hard_negative_weight: float = 0.0,
+    similarity: str = "cos",
 ) -> Tensor:
     """SimCSE's InfoNCE loss with in-batch negatives (paper §3 Eq. 1, §4 Eq. 5).
 
@@ -118,10 +128,11 @@ def info_nce(
         temperature: τ (0.05 in the paper).
         hard_negatives: optional hard negatives, shape [N, d].
         hard_negative_weight: log α added to each anchor's own hard-negative logit (0.0 ↔ α = 1).
+        similarity: "cos" or "dot" (see :func:`contrastive_logits`).
 
     Returns:
         Scalar loss.
     """
-    logits = contrastive_logits(z1, z2, temperature, hard_negatives, hard_negative_weight)
+    logits = contrastive_logits(z1, z2, temperature, hard_negatives, hard_negative_weight, similarity)
     labels = torch.arange(logits.shape[0], device=logits.device)
     return F.cross_entropy(logits.float(), labels)

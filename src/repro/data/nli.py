@@ -78,11 +78,17 @@ def load_nli_hub(
     filename: str = NLI_FILE,
     max_triplets: int | None = None,
     revision: str | None = None,
+    local_root: str | Path | None = None,
 ) -> list[NLITriplet]:
     """Download ``nli_for_simcse.csv`` (reference ``data/download_nli.sh``) and read it."""
     from huggingface_hub import hf_hub_download
 
-    path = hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", revision=revision)
+    if local_root is not None:  # the repo's files laid out as on the hub, under <root>/<repo_id>/
+        path = Path(local_root) / repo_id / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no local copy of {repo_id}/{filename} (key 'simcse.data.hub_local_root')")
+    else:
+        path = hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", revision=revision)
     return read_nli_csv(path, max_triplets=max_triplets)
 
 

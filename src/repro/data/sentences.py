@@ -162,6 +162,7 @@ def load_wiki1m_hub(
     filename: str = WIKI1M_FILE,
     max_sentences: int | None = None,
     revision: str | None = None,
+    local_root: str | Path | None = None,
 ) -> list[str]:
     """Download ``wiki1m_for_simcse.txt`` from the hub dataset repo and read it.
 
@@ -170,5 +171,10 @@ def load_wiki1m_hub(
     """
     from huggingface_hub import hf_hub_download
 
-    path = hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", revision=revision)
+    if local_root is not None:  # the repo's files laid out as on the hub, under <root>/<repo_id>/
+        path = Path(local_root) / repo_id / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no local copy of {repo_id}/{filename} (key 'simcse.data.hub_local_root')")
+    else:
+        path = hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", revision=revision)
     return read_sentence_file(path, max_sentences=max_sentences)

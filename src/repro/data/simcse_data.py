@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 SOURCES = ("synthetic", "local", "hub")
 OBJECTIVES = ("unsup", "sup", "both")
-EVAL_SPLITS = MappingProxyType({"STSBenchmark": ("dev", "test"), "SICKRelatedness": ("test",)})
+# SICK-R's trial split is the reference's SICK-R dev set (model selection with --eval_avg_sts);
+# the hub copy (mteb/sickr-sts) has only the test split.
+EVAL_SPLITS = MappingProxyType({"STSBenchmark": ("dev", "test"), "SICKRelatedness": ("trial", "test")})
+HUB_EVAL_SPLITS = MappingProxyType({"STSBenchmark": ("dev", "test"), "SICKRelatedness": ("test",)})
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -56,6 +59,8 @@ class SimCSEDataConfig:
         hub_nli_file: file name of the NLI triplets in ``hub_repo``.
         hub_stsb_repo: STS-B repo (``sentence-transformers/stsb`` or ``mteb/stsbenchmark-sts``).
         hub_revision: pinned revision of ``hub_repo`` (None: default branch).
+        hub_local_root: folder holding the hub repos laid out as on the hub (``<root>/<repo_id>/<file>``),
+            read by the same loaders offline (None: download through the hub cache).
         max_sentences: keep the first N training sentences (None: all).
         max_triplets: keep the first N triplets (None: all).
         n_sentences: synthetic: number of training sentences.
@@ -79,6 +84,7 @@ class SimCSEDataConfig:
     hub_nli_file: str = NLI_FILE
     hub_stsb_repo: str = "sentence-transformers/stsb"
     hub_revision: Optional[str] = None
+    hub_local_root: Optional[str] = None
     max_sentences: Optional[int] = None
     max_triplets: Optional[int] = None
     n_sentences: int = 2000
@@ -195,8 +201,15 @@ def _load_sts(cfg: SimCSEDataConfig, name: str) -> STSTask:
     if cfg.source == "synthetic":
         return synthetic_sts_task(name, cfg.seed, cfg.n_sts_pairs)
     if cfg.source == "local":
-        return read_sts_task(name, cfg.sts_root, cfg.sts_layout, splits=splits)
-    return load_sts_hub(name, splits=splits, stsb_repo=cfg.hub_stsb_repo)
+        try:
+            return read_sts_task(name, cfg.sts_root, cfg.sts_layout, splits=splits)
+        except FileNotFoundError:
+            if name != "SICKRelatedness":
+                raise
+            # SICK-R dev (trial) is optional: only model selection with eval_avg_sts needs it
+            log.info("no SICK-R trial split under %s; reading SICK-R test only", cfg.sts_root)
+            return read_sts_task(name, cfg.sts_root, cfg.sts_layout, splits=HUB_EVAL_SPLITS[name])
+    return load_sts_hub(name, splits=HUB_EVAL_SPLITS.get(name), stsb_repo=cfg.hub_stsb_repo, local_root=cfg.hub_local_root)
 
 
 def prepare_simcse_data(cfg: Mapping[str, Any] | SimCSEDataConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -228,7 +241,8 @@ def prepare_simcse_data(cfg: Mapping[str, Any] | SimCSEDataConfig, out_dir: str 
         elif cfg.source == "local":
             sentences = read_sentence_file(cfg.wiki_path, cfg.max_sentences)
         else:
-            sentences = load_wiki1m_hub(cfg.hub_repo, cfg.hub_wiki_file, cfg.max_sentences, cfg.hub_revision)
+            sentences = load_wiki1m_hub(cfg.hub_repo, cfg.hub_wiki_file, cfg.max_sentences, cfg.hub_revision,
+                                        cfg.hub_local_root)
         path = out_dir / "train_sentences.txt"
         path.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
         counts["train_sentences"], texts = len(sentences), texts + sentences
@@ -239,7 +253,8 @@ def prepare_simcse_data(cfg: Mapping[str, Any] | SimCSEDataConfig, out_dir: str 
         elif cfg.source == "local":
             triplets = read_nli_csv(cfg.nli_path, cfg.max_triplets)
         else:
-            triplets = load_nli_hub(cfg.hub_repo, cfg.hub_nli_file, cfg.max_triplets, cfg.hub_revision)
+            triplets = load_nli_hub(cfg.hub_repo, cfg.hub_nli_file, cfg.max_triplets, cfg.hub_revision,
+                                    cfg.hub_local_root)
         path = out_dir / "train_triplets.csv"
         write_nli_csv(triplets, path)
         counts["train_triplets"] = len(triplets)

@@ -276,13 +276,16 @@ _HUB_SPLIT = MappingProxyType({"dev": "validation", "trial": "validation"})
 
 
 def load_sts_hub(name: str, splits: tuple[str, ...] | None = None,
-                 stsb_repo: str = "sentence-transformers/stsb") -> STSTask:
+                 stsb_repo: str = "sentence-transformers/stsb", local_root: str | Path | None = None) -> STSTask:
     """Load an STS task from the hub with ``datasets.load_dataset``.
 
     Repos: ``mteb/sts12-sts`` … ``mteb/sts16-sts`` (test split, read as one ``test`` subset: no
     subset column is used, so 'mean'/'wmean' coincide with 'all' for hub copies),
     ``sentence-transformers/stsb`` (scores in [0, 1], rescaled ×5) or ``mteb/stsbenchmark-sts``
     (scores in [0, 5]) for STS-B, and ``mteb/sickr-sts`` (test only) for SICK-R.
+
+    ``local_root``: a folder holding the repos laid out as on the hub (``<root>/mteb/sts12-sts/test.jsonl``
+    …); ``datasets.load_dataset`` then reads ``<root>/<repo>`` with the same split names, offline.
     """
     import datasets
 
@@ -298,7 +301,12 @@ def load_sts_hub(name: str, splits: tuple[str, ...] | None = None,
             raise ValueError(f"{repo} only provides the test split, asked for {wanted}")
     out = {}
     for split in wanted:
-        ds = datasets.load_dataset(repo, split=_HUB_SPLIT.get(split, split))
+        source = repo
+        if local_root is not None:
+            source = str(Path(local_root) / repo)
+            if not Path(source).is_dir():
+                raise FileNotFoundError(f"{source}: no local copy of hub repo {repo} (key 'simcse.data.hub_local_root')")
+        ds = datasets.load_dataset(source, split=_HUB_SPLIT.get(split, split))
         for column in ("sentence1", "sentence2", "score"):
             if column not in ds.column_names:
                 raise ValueError(f"{repo}[{split}] lacks column {column!r}; has {ds.column_names}")
@@ -329,7 +337,7 @@ def synthetic_sts_task(name: str, seed: int, n_pairs: int, grammar: SyntheticGra
     Each pair renders a random slot tuple and a perturbed copy with independent synonym choices;
     the gold score (0–5) is the weighted count of concepts the two share (:data:`SLOT_WEIGHTS`).
     STS12–16 get ``n_subsets`` subsets of unequal size (so 'mean' and 'wmean' differ), STS-B gets
-    ``dev`` and ``test`` splits (``dev`` is for model selection), SICK-R a ``test`` split.
+    ``dev`` and ``test`` splits (``dev`` is for model selection), SICK-R ``test`` and ``trial`` (its dev set).
     """
     name, grammar = canonical_task(name), grammar or SyntheticGrammar()
     rng = random.Random(f"{seed}/{name}")
@@ -338,7 +346,8 @@ def synthetic_sts_task(name: str, seed: int, n_pairs: int, grammar: SyntheticGra
         sizes = [max(2, n_pairs * w // sum(weights)) for w in weights]
         parts = {f"synthetic-{chr(97 + i)}": size for i, size in enumerate(sizes)}
     else:
-        parts = {"dev": n_pairs, "test": n_pairs} if name == "STSBenchmark" else {"test": n_pairs}
+        # test first: adding SICK-R's trial (dev) split leaves the test pairs as they were
+        parts = {"dev": n_pairs, "test": n_pairs} if name == "STSBenchmark" else {"test": n_pairs, "trial": n_pairs}
     subsets = {}
     for part, size in parts.items():
         pairs = STSPairs([], [], [])

@@ -122,10 +122,12 @@ class STSEvaluator:
 
     @classmethod
     def from_dir(cls, root: str | Path, layout: str = "senteval", tasks: Sequence[str] = tuple(TASK_KEYS),
-                 batch_size: int = 128, note: str = "", with_dev: bool = True) -> STSEvaluator:
+                 batch_size: int = 128, note: str = "", with_dev: bool = True,
+                 with_sick_dev: bool = False) -> STSEvaluator:
         """Read the tasks from a SentEval or TSV folder (see :func:`repro.data.sts.read_sts_task`).
 
-        STS-B is read with its ``test`` (and, with ``with_dev``, ``dev``) split, SICK-R with ``test``.
+        STS-B is read with its ``test`` (and, with ``with_dev``, ``dev``) split, SICK-R with ``test``
+        (and, with ``with_sick_dev``, ``trial``: SICK-R dev for the reference's ``eval_avg_sts``).
         """
         loaded = []
         for name in tasks:
@@ -134,7 +136,7 @@ class STSEvaluator:
             if name == "STSBenchmark":
                 splits = ("dev", "test") if with_dev else ("test",)
             elif name == "SICKRelatedness":
-                splits = ("test",)
+                splits = ("trial", "test") if with_sick_dev else ("test",)
             loaded.append(read_sts_task(name, root, layout, splits=splits))
         return cls(loaded, batch_size=batch_size, note=note)
 

@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 DEV_METRIC = "eval/stsb_dev_spearman"
+AVG_STS_METRIC = "eval/avg_sts"  # (STS-B dev + SICK-R dev) / 2, the reference's eval_avg_sts
 DevEval = Callable[[Callable[[list[str]], Tensor]], dict[str, float]]
 _MODES = ("unsup", "sup")
 
@@ -64,7 +65,10 @@ class SimCSETrainConfig:
         hard_negative_weight: log α added to each anchor's own hard-negative logit (reference's
             ``--hard_negative_weight``; 0.0 ↔ α = 1, the paper's default).
         lr: peak learning rate (3e-5 unsup BERT-base, 5e-5 sup BERT-base; Appendix A).
-        batch_size: sentences (unsup) or triplets (sup) per step (64 unsup, 512 sup in the paper).
+        batch_size: *global* batch: sentences (unsup) or triplets (sup) per optimizer step over all
+            devices (64 unsup, 512 sup in the paper); each of ``run.devices × run.num_nodes`` ranks
+            runs ``batch_size / world`` (no accumulation: in-batch negatives need the whole batch
+            in one forward pass, gathered across ranks).
         max_steps: optimiser steps (1M wiki sentences / 64 = 15625, one epoch as in the paper).
         warmup_steps: linear warm-up steps (0 in the reference).
         weight_decay: AdamW decay, not applied to biases and LayerNorm weights (0.0 in the reference).
@@ -74,6 +78,12 @@ class SimCSETrainConfig:
         fixed_dropout: share one dropout mask between the two views ("fixed 0.1", Table 3).
         eval_batch_size: batch size of ``encode`` during the dev evaluation.
         num_workers: DataLoader workers.
+        max_grad_norm: gradient-norm clip (1.0, the Hugging Face Trainer default the reference uses).
+        ckpt_every_n_steps: also refresh ``last.ckpt`` every N steps between evaluations, so a kill
+            before the first evaluation resumes too (0: only at evaluations).
+        similarity: "cos" (the paper) or "dot" (Table D.1's dot-product row, no temperature).
+        eval_avg_sts: select the model on the mean of STS-B dev and SICK-R dev Spearman (the
+            reference's ``metric_for_best_model=avg_sts``) instead of STS-B dev alone.
     """
 
     mode: str = "unsup"
@@ -90,12 +100,18 @@ class SimCSETrainConfig:
     fixed_dropout: bool = False
     eval_batch_size: int = 128
     num_workers: int = 0
+    max_grad_norm: float = 1.0
+    ckpt_every_n_steps: int = 0
+    similarity: str = "cos"
+    eval_avg_sts: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
             raise ValueError(f"unknown SimCSE mode {self.mode!r} (key 'mode'); valid: {', '.join(_MODES)}")
         if self.eval_every_n_steps <= 0:
             raise ValueError(f"'eval_every_n_steps' must be > 0; got {self.eval_every_n_steps}")
+        if self.similarity not in ("cos", "dot"):
+            raise ValueError(f"unknown similarity {self.similarity!r} (key 'similarity'); valid: cos, dot")
 
 
 class SimCSECollator:
@@ -132,11 +148,16 @@ class SimCSECollator:
 class SimCSEDataModule(L.LightningDataModule):
     """Shuffled training batches plus one placeholder validation batch that triggers the dev eval.
 
+    The order comes from the resumable sampler LongLoRA uses (:class:`ResumableBlockSampler`): a
+    permutation per epoch fixed by ``(seed, epoch)``, rank r taking stream positions r, r+W, ...; a
+    resumed run starts at ``global_step × batch_size`` and so sees exactly the batches an
+    uninterrupted run would (the reference's HF Trainer skips the consumed batches the same way).
+
     Args:
         examples: sentences (unsup) or (sent0, sent1[, hard_neg]) tuples (sup).
         tokenizer: the encoder's tokenizer.
         max_length: truncation length.
-        cfg: training settings (batch size, seed, workers).
+        cfg: training settings (global batch size, seed, workers).
     """
 
     def __init__(
@@ -154,12 +175,20 @@ class SimCSEDataModule(L.LightningDataModule):
         self.cfg = cfg
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.cfg.seed)
+        from repro.lit.causal_lm import ResumableBlockSampler
+        from repro.scale import split_global_batch
+
+        trainer = getattr(self, "trainer", None)
+        rank, world, step = (trainer.global_rank, trainer.world_size, trainer.global_step) if trainer else (0, 1, 0)
+        split = split_global_batch(self.cfg.batch_size, world, key="simcse.train.batch_size")
+        sampler = ResumableBlockSampler(len(self.examples), self.cfg.seed, start=step * self.cfg.batch_size,
+                                        rank=rank, world_size=world)
         return DataLoader(
             self.examples,
-            batch_size=self.cfg.batch_size,
-            shuffle=True,
-            generator=generator,
+            batch_size=split.per_device,
+            sampler=sampler,
+            # own generator: creating the iterator must not draw from the global RNG (dropout's)
+            generator=torch.Generator().manual_seed(self.cfg.seed),
             collate_fn=self.collate,
             num_workers=self.cfg.num_workers,
         )
@@ -191,6 +220,7 @@ class SimCSEModule(L.LightningModule):
         self.dev_eval = dev_eval
         self.peak_mem_source = "cpu_max_rss"
         self._step_start: float | None = None
+        self._restored_rng: dict[str, Any] | None = None
         self.save_hyperparameters({"train": asdict(cfg), "encoder": asdict(encoder.cfg)})
 
     def embed_batch(self, batch: dict[str, Tensor]) -> Tensor:
@@ -206,14 +236,32 @@ class SimCSEModule(L.LightningModule):
         """InfoNCE on [B, V, d] views (V = 2: positives; V = 3: plus hard negatives), gathered across ranks."""
         z1, z2 = gather_with_grad(z[:, 0]), gather_with_grad(z[:, 1])  # [N, d] each
         z3 = gather_with_grad(z[:, 2]) if z.shape[1] >= 3 else None
-        return info_nce(z1, z2, self.cfg.temperature, z3, self.cfg.hard_negative_weight)
+        return info_nce(z1, z2, self.cfg.temperature, z3, self.cfg.hard_negative_weight,
+                        similarity=self.cfg.similarity)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.compute_loss(self.embed_batch(batch))
         self.log("train/loss", loss, prog_bar=True)
-        return loss
+        # Every rank's loss is the global-batch loss, but its gradient only reaches the local
+        # slice (gather_with_grad); DDP then *averages* the ranks, so scale by the world size to get
+        # the gradient of the global loss, as one process with the whole batch computes it.
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return loss * world if world > 1 else loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # dropout RNG at this step, so a resumed run draws the same masks as an uninterrupted one
+        checkpoint["simcse_rng"] = {"torch": torch.get_rng_state(),
+                                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored_rng = checkpoint.get("simcse_rng")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._restored_rng is not None:  # applied just before the first resumed step
+            torch.set_rng_state(self._restored_rng["torch"])
+            if self._restored_rng.get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(self._restored_rng["cuda"], self.device)
+            self._restored_rng = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._step_start = time.perf_counter()
@@ -244,6 +292,11 @@ class SimCSEModule(L.LightningModule):
             results["stsb_dev_spearman"] = results.pop("spearman")
         if "stsb_dev_spearman" not in results:
             raise KeyError(f"dev_eval must return 'stsb_dev_spearman' (or 'spearman'); got keys {sorted(results)}")
+        if self.cfg.eval_avg_sts:
+            if "sickr_dev_spearman" not in results:
+                raise KeyError("simcse.train.eval_avg_sts needs dev_eval to return 'sickr_dev_spearman' "
+                               "(SICK-R trial split in the prepared data)")
+            results["avg_sts"] = (results["stsb_dev_spearman"] + results["sickr_dev_spearman"]) / 2
         for key, value in results.items():
             if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1):
                 self.log(f"eval/{key}", float(value), prog_bar=key == "stsb_dev_spearman")
@@ -264,21 +317,40 @@ class SimCSEModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def build_callbacks(ckpt_dir: str | Path) -> list[Callback]:
+class PeriodicLastCheckpoint(Callback):
+    """Refresh ``last.ckpt`` every ``every`` steps between evaluations (which refresh it themselves).
+
+    Steps that are evaluation steps are skipped: a checkpoint written before that step's evaluation
+    would, on resume, skip the evaluation (Lightning fast-forwards a finished step's validation).
+    """
+
+    def __init__(self, ckpt_dir: str | Path, every: int, eval_every: int) -> None:
+        self.path, self.every, self.eval_every = Path(ckpt_dir) / "last.ckpt", every, eval_every
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every > 0 and step % self.every == 0 and step % self.eval_every and step < trainer.max_steps:
+            trainer.save_checkpoint(str(self.path))  # every rank calls it; Lightning writes on rank 0
+
+
+def build_callbacks(ckpt_dir: str | Path, cfg: SimCSETrainConfig | None = None) -> list[Callback]:
     """ModelCheckpoint keeping the best STS-B dev Spearman (the paper's model selection) and ``last.ckpt``.
 
-    ``last.ckpt`` is rewritten at every evaluation, so ``trainer.fit(..., ckpt_path="last")`` resumes.
-    The best file is ``best-step=<N>.ckpt``; ``callbacks[0].best_model_path`` names it.
+    ``last.ckpt`` is rewritten at every evaluation (and every ``cfg.ckpt_every_n_steps`` steps), so
+    ``trainer.fit(..., ckpt_path=last)`` resumes. The best file is ``best-step=<N>.ckpt``;
+    ``callbacks[0].best_model_path`` names it.
     """
     best = ModelCheckpoint(
         dirpath=str(ckpt_dir),
         filename="best-step={step}",
         auto_insert_metric_name=False,
-        monitor=DEV_METRIC,
+        monitor=AVG_STS_METRIC if cfg is not None and cfg.eval_avg_sts else DEV_METRIC,
         mode="max",
         save_top_k=1,
         save_last=True,
     )
+    if cfg is not None and cfg.ckpt_every_n_steps > 0:
+        return [best, PeriodicLastCheckpoint(ckpt_dir, cfg.ckpt_every_n_steps, cfg.eval_every_n_steps)]
     return [best]
 
 
@@ -292,4 +364,7 @@ def build_trainer_kwargs(cfg: SimCSETrainConfig) -> dict[str, Any]:
         "limit_val_batches": 1,
         "num_sanity_val_steps": 0,
         "log_every_n_steps": 1,
+        "gradient_clip_val": cfg.max_grad_norm if cfg.max_grad_norm > 0 else None,  # HF Trainer: 1.0
+        "gradient_clip_algorithm": "norm",
+        "use_distributed_sampler": False,  # the resumable sampler splits the stream by rank itself
     }

@@ -14,7 +14,6 @@ without importing its package (all-MiniLM-L6-v2, the SmolLM2 GGUF), or a hub che
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,13 +34,11 @@ __all__ = [
     "export_hf",
     "export_sentence_transformers",
     "locate_package_folder",
+    "position_limit",
 ]
 
 _SOURCES = ("tiny", "package", "hub")
 _DTYPES = DTYPES
-# sentence-transformers Pooling modes equivalent to our poolers (layer-averaging ones have none)
-_ST_TEXT_ONLY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
-_ST_POOLING = {"cls": "cls", "cls_before_pooler": "cls", "avg": "mean", "mean": "mean", "last": "lasttoken"}
 
 
 @dataclass
@@ -65,7 +62,13 @@ class EncoderConfig:
         max_position_embeddings: tiny BERT position table size.
         pooler: one of ``repro.models.pooling.POOLERS`` ("cls" is the paper's default, §6.3).
         mlp_only_train: drop the MLP head at test time (unsupervised SimCSE, §3).
-        max_length: tokenizer truncation length (32 in the reference's ``--max_seq_length``).
+        max_length: truncation length of *training* batches (the reference's ``--max_seq_length 32``).
+            Evaluation never truncates to it: SentEval's batcher pads and keeps the whole sentence, so
+            :meth:`SentenceEncoder.encode` only cuts at the model's position limit.
+        mlp_from_pooler: initialise the MLP head from the checkpoint's own pooler (BERT's
+            ``pooler.dense``): the layout of released supervised SimCSE checkpoints and of our
+            Hugging Face export, where ``simcse_to_huggingface.py`` renamed ``mlp`` to ``pooler``.
+            False (the reference's training): a fresh, randomly initialised head.
         dropout: overrides the backbone's dropout probabilities (hidden and attention); None keeps
             the checkpoint's (0.1 for BERT/RoBERTa, the paper's best p, Table 3).
         is_decoder: decoder-only backbone (use pooler "mean" or "last").
@@ -86,6 +89,7 @@ class EncoderConfig:
     pooler: str = "cls"
     mlp_only_train: bool = False
     max_length: int = 32
+    mlp_from_pooler: bool = False
     dropout: float | None = None
     is_decoder: bool = False
     dtype: str = "float32"
@@ -164,6 +168,17 @@ def _load_backbone(cfg: EncoderConfig, tokenizer: PreTrainedTokenizerBase) -> nn
     config = AutoConfig.from_pretrained(path, **({"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}))
     _apply_dropout(config, cfg.dropout)
     model = AutoModel.from_pretrained(path, config=config, **kwargs)
+    # The reference builds BERT/RoBERTa with add_pooling_layer=False: the checkpoint's pooler never
+    # reaches the loss, and under DDP an unused parameter fails the gradient reduction. Its weights
+    # are kept aside, for the MLP head when ``mlp_from_pooler`` asks for them.
+    pooler = getattr(model, "pooler", None)
+    if isinstance(pooler, nn.Module):
+        dense = getattr(pooler, "dense", None)
+        model._released_pooler = (  # plain attribute, not a submodule: not trained, not saved
+            {"weight": dense.weight.detach().clone(), "bias": dense.bias.detach().clone()}
+            if isinstance(dense, nn.Linear) else None
+        )
+        model.pooler = None
     # GGUF weights are dequantised into plain Linear layers; forget the quantizer so saving works
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer = None
@@ -184,6 +199,22 @@ def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) ->
         torch.cuda.set_rng_state(state[1], device)
 
 
+def position_limit(backbone: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Longest input (in tokens, specials included) the backbone accepts.
+
+    ``max_position_embeddings``, less RoBERTa's offset (positions start after ``padding_idx``), and
+    no more than the tokenizer's ``model_max_length`` when that is a real limit (not the 1e30 sentinel).
+    """
+    config = backbone.config
+    limit = int(getattr(config, "max_position_embeddings", 0) or 0) or 10**6
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= int(config.pad_token_id or 0) + 1
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < 10**6:
+        limit = min(limit, tok_limit)
+    return limit
+
+
 class SentenceEncoder(nn.Module):
     """Backbone + pooler + optional MLP head, mapping token ids to sentence embeddings.
 
@@ -202,6 +233,17 @@ class SentenceEncoder(nn.Module):
         hidden = backbone.config.hidden_size
         self.mlp = MLPHead(hidden).to(next(backbone.parameters()).dtype) if cfg.pooler == "cls" else None
         self._all_layers = needs_hidden_states(cfg.pooler)
+        self.eval_max_length = position_limit(backbone, tokenizer)
+        if cfg.mlp_from_pooler:
+            released = getattr(backbone, "_released_pooler", None)
+            if self.mlp is None or released is None:
+                raise ValueError(
+                    "'mlp_from_pooler' needs pooler 'cls' and a checkpoint with a pooler (pooler.dense); "
+                    f"got pooler {cfg.pooler!r}, checkpoint pooler {'present' if released else 'absent'}"
+                )
+            with torch.no_grad():
+                self.mlp.dense.weight.copy_(released["weight"])
+                self.mlp.dense.bias.copy_(released["bias"])
 
     @property
     def embedding_dim(self) -> int:
@@ -258,15 +300,24 @@ class SentenceEncoder(nn.Module):
             views.append(self(input_ids, attention_mask))  # [B, d]
         return torch.stack(views, dim=1)  # [B, V, d]
 
-    def tokenize(self, sentences: list[str]) -> dict[str, Tensor]:
-        """Tokenise with padding to the batch maximum and truncation to ``max_length``."""
-        enc = self.tokenizer(
-            list(sentences), padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt"
-        )
+    def tokenize(self, sentences: list[str], max_length: int | None = None) -> dict[str, Tensor]:
+        """Tokenise with padding to the batch maximum; truncate only at ``max_length``.
+
+        Args:
+            sentences: the sentences.
+            max_length: token limit; default the model's position limit (:func:`position_limit`),
+                i.e. the whole sentence, as SentEval's batcher encodes it. Training batches pass
+                ``cfg.max_length`` (32) instead, through the collator.
+        """
+        limit = self.eval_max_length if max_length is None else min(max_length, self.eval_max_length)
+        enc = self.tokenizer(list(sentences), padding=True, truncation=True, max_length=limit, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def encode(self, sentences: list[str], batch_size: int = 64, device: str | torch.device | None = None) -> Tensor:
         """Embed sentences in eval mode (no dropout), batching by length; results in input order.
+
+        Sentences are not truncated to the training ``max_length`` (SentEval pads and never truncates;
+        SimCSE's ``evaluation.py`` scores full sentences), only at the model's position limit.
 
         Args:
             sentences: the sentences.
@@ -315,69 +366,10 @@ def build_encoder(cfg: EncoderConfig, tokenizer_dir: str | Path | None = None) -
     return encoder.train()
 
 
-def export_hf(encoder: SentenceEncoder, out_dir: str | Path) -> Path:
-    """Save the plain backbone and tokenizer (``from_pretrained``-loadable; no pooler or head)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    encoder.backbone.save_pretrained(str(out))
-    encoder.tokenizer.save_pretrained(str(out))
-    return out
+def __getattr__(name: str):
+    """The exports moved to :mod:`repro.models.simcse_export`; old imports keep working."""
+    if name in ("export_hf", "export_sentence_transformers", "load_released"):
+        from repro.models import simcse_export
 
-
-def export_sentence_transformers(
-    encoder: SentenceEncoder, tokenizer: PreTrainedTokenizerBase | None = None, out_dir: str | Path = "."
-) -> Path:
-    """Write a sentence-transformers folder that reproduces :meth:`SentenceEncoder.encode`.
-
-    Modules: Transformer (backbone, ``max_seq_length = max_length``) → Pooling (cls / mean /
-    lasttoken) → Dense(d, d, tanh) carrying the MLP head's weights when the head is kept at test
-    time (``cls`` pooler without ``mlp_only_train``, as the reference's ``sentemb_forward``).
-
-    Args:
-        encoder: the trained encoder.
-        tokenizer: tokenizer to save (default: the encoder's).
-        out_dir: destination folder.
-
-    Returns:
-        The folder, loadable with ``SentenceTransformer(out_dir)``.
-    """
-    try:
-        from sentence_transformers import SentenceTransformer
-        from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
-    except ImportError as err:  # a dev extra, not a core dependency
-        raise ImportError("export_sentence_transformers needs sentence-transformers (pip install -e .[dev])") from err
-    mode = _ST_POOLING.get(encoder.cfg.pooler)
-    if mode is None:
-        raise ValueError(
-            f"pooler {encoder.cfg.pooler!r} has no sentence-transformers equivalent; "
-            f"exportable poolers: {', '.join(_ST_POOLING)}"
-        )
-    tok = tokenizer if tokenizer is not None else encoder.tokenizer
-    keep_mlp = encoder.mlp is not None and not encoder.cfg.mlp_only_train
-    out = Path(out_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        encoder.backbone.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        modules: list[nn.Module] = [
-            # text only: with a chat template sentence-transformers would otherwise wrap inputs as chat messages
-            Transformer(
-                tmp,
-                max_seq_length=encoder.cfg.max_length,
-                modality_config=_ST_TEXT_ONLY,
-                module_output_name="token_embeddings",
-            ),
-            Pooling(encoder.embedding_dim, pooling_mode=mode),
-        ]
-        if keep_mlp:
-            dense = encoder.mlp.dense
-            modules.append(
-                Dense(
-                    encoder.embedding_dim,
-                    encoder.embedding_dim,
-                    activation_function=nn.Tanh(),
-                    init_weight=dense.weight.detach().clone().float(),
-                    init_bias=dense.bias.detach().clone().float(),
-                )
-            )
-        SentenceTransformer(modules=modules, device="cpu").save(str(out))
-    return out
+        return getattr(simcse_export, name)
+    raise AttributeError(name)

@@ -13,6 +13,60 @@ from repro.tracking import run_link
 from repro.workflows.simcse import run_train_config
 
 COLUMNS = ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr", "avg"]
+TRANSFER = ["MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC", "avg"]
+
+
+def aggregate_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Per-seed metric dicts → ``key`` (mean), ``key/std`` (sample std, ddof=1; 0 for one seed), ``key/per_seed``.
+
+    Only numeric keys present in every seed's dict are aggregated; ``seeds`` is recorded as ``seeds``.
+    """
+    import math
+
+    keys = [k for k in per_seed[0] if all(isinstance(m.get(k), (int, float)) and not isinstance(m.get(k), bool)
+                                          for m in per_seed)]
+    out: dict[str, Any] = {"seeds": list(seeds)}
+    for key in keys:
+        vals = [float(m[key]) for m in per_seed]
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        out[key], out[f"{key}/std"], out[f"{key}/per_seed"] = mean, std, vals
+    return out
+
+
+def ordering_held(better: tuple[float, float], worse: tuple[float, float]) -> bool:
+    """Whether ``better`` (mean, std) beats ``worse`` beyond the spread: mean_b − std_b > mean_w + std_w."""
+    return better[0] - better[1] > worse[0] + worse[1]
+
+
+def mean_std(metrics: dict[str, Any], key: str) -> str:
+    """``"m ± s"`` for an aggregated key (just ``m`` without a ``/std``)."""
+    std = metrics.get(f"{key}/std")
+    return f"{fmt(metrics.get(key))} ± {fmt(std)}" if std is not None else fmt(metrics.get(key))
+
+
+def transfer_section(cfg: DictConfig, metrics_dir: Path) -> list[str]:
+    """SentEval transfer accuracies per run beside SimCSE Table E.1 (BERT-base rows, no MLM)."""
+    sc = cfg.simcse
+    capped = sc.transfer.max_examples
+    lines = ["", "## Transfer tasks (SentEval, logistic regression on frozen embeddings)", "",
+             "Accuracy ×100; MR/CR/SUBJ/MPQA by 10-fold cross-validation, SST-2/TREC/MRPC on their given splits"
+             f" (C chosen by {sc.transfer.inner_kfold}-fold inner CV, on dev for SST-2)."
+             + (f" **At most {capped} examples per split at this profile: not SentEval's numbers.**" if capped else "")]
+    rows = []
+    for run in sc.runs:
+        mode = run_train_config(cfg, run).mode
+        tm = read_json(metrics_dir / f"transfer_{run}.json") or {}
+        rows.append([f"ours `{run}`", *[tm.get(f"transfer/{t}") for t in TRANSFER]])
+        try:
+            ref = lookup("simcse", "tableE1_transfer", setting=mode, model=sc.eval.reference_model, mlm=False)
+            rows.append([f"paper Table E.1: {mode}-{sc.eval.reference_model}", *ref["values"]])
+        except (LookupError, KeyError):
+            rows.append([f"paper Table E.1 ({mode}): {MISSING}", *[None] * len(TRANSFER)])
+    mrpc = {run: (read_json(metrics_dir / f"transfer_{run}.json") or {}).get("transfer/MRPC_f1") for run in sc.runs}
+    lines += ["", md_table(["", *TRANSFER], rows), "",
+              "MRPC F1: " + ", ".join(f"`{r}` {fmt(v)}" for r, v in mrpc.items()) + "."]
+    return lines
 
 
 def _ours(metrics: dict[str, Any], agg: str) -> list[Any]:
@@ -36,7 +90,10 @@ def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
              f" `{sc.encoder.name_or_path or sc.encoder.package}`, pooler `{sc.encoder.pooler}`, data `{sc.data.source}`.",
              "", "Spearman ×100 of cosine similarity. STS12–16 in the 'all' setting (subsets concatenated, the paper's"
              " Table 5 setting); 'mean' and 'wmean' (SimCSE Appendix B) shown separately because the protocol moves the"
-             " numbers."]
+             " numbers.",
+             "", f"Data: {sc.data.note or sc.data.source}. Where a local STS copy has ~20% of its test pairs held out,"
+             " our test scores are **not comparable to published full-test numbers**; the paper's rows are shown for"
+             " orientation only."]
     avgs: dict[str, float | None] = {}
     figures = []
     for run in sc.runs:
@@ -64,6 +121,7 @@ def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
             fig = line_figure({run: ([int(r["step"]) for r in curve], [float(r["stsb_dev_spearman"]) for r in curve])},
                               "step", "STS-B dev Spearman", f"SimCSE {run}: dev curve")
             figures.append(save_figure(fig, out_dir / "figures" / f"simcse_dev_{run}.png"))
+    lines += transfer_section(cfg, metrics_dir)
     sup, unsup = avgs.get("sup"), avgs.get("unsup")
     held = sup > unsup if sup is not None and unsup is not None else None
     lines += ["", "## Claims checked at this scale", "",

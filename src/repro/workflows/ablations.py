@@ -204,12 +204,17 @@ def _simcse(cfg: DictConfig, ctx: StageContext, spec: DictConfig, curve: Path, r
     from repro.workflows import simcse
 
     run = spec.get("run", "unsup")
-    simcse.prepare(cfg, ctx)
-    train = simcse.train(cfg, ctx, run)
-    ev = simcse.evaluate(cfg, ctx, run)
-    paths = simcse.Paths.of(cfg, ctx, run)
+    seeds = list(spec.get("seeds") or [])
+    if seeds:  # each variant over several seeds, in this one process (mean, /std, /per_seed)
+        merged = simcse.run_seeds(cfg, ctx, run, seeds)
+        first = replace(ctx, out_root=ctx.out_root / f"seed{seeds[0]}")
+        paths = simcse.Paths.of(cfg, first, run)
+    else:
+        simcse.prepare(cfg, ctx)
+        merged = {**simcse.train(cfg, ctx, run), **simcse.evaluate(cfg, ctx, run)}
+        paths = simcse.Paths.of(cfg, ctx, run)
     _copy(paths.plots / f"train_{run}.csv", curve)
     _copy(paths.metrics / "runs" / f"train_{run}.json", run_info)
-    out = {k: v for k, v in {**train, **ev}.items() if isinstance(v, (int, float)) and not (
+    out = {k: v for k, v in merged.items() if isinstance(v, (int, float)) and not (
         isinstance(v, float) and math.isinf(v))}
     return out

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import ConfigError, to_dataclass
+from repro.scale import split_global_batch
 from repro.stages import SimCSEEvalConfig, reuse_or_cache, write_stamp  # noqa: F401 (schema of simcse.eval)
 from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
 
@@ -28,18 +29,74 @@ log = logging.getLogger(__name__)
 PAPER = "simcse"
 
 
+def _run_diff(cfg: DictConfig, run: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(train diff, encoder diff) of ``simcse.runs.<run>``; its ``encoder:`` entry overrides ``simcse.encoder``."""
+    runs = cfg.simcse.runs
+    if run not in runs:
+        raise ConfigError(f"unknown SimCSE run '{run}'; simcse.runs has {sorted(runs)}")
+    node = runs[run]
+    diff = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    encoder = diff.pop("encoder", None) or {}
+    if not isinstance(encoder, dict):
+        raise ConfigError(f"simcse.runs.{run}.encoder must be a mapping of simcse.encoder keys; got {encoder!r}")
+    return diff, encoder
+
+
 def run_train_config(cfg: DictConfig, run: str):
     """``simcse.train`` with the named run's overrides merged in (errors name the key)."""
     from repro.lit.simcse import SimCSETrainConfig
 
-    runs = cfg.simcse.runs
-    if run not in runs:
-        raise ConfigError(f"unknown SimCSE run '{run}'; simcse.runs has {sorted(runs)}")
+    diff, _ = _run_diff(cfg, run)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(SimCSETrainConfig), cfg.simcse.train, runs[run])
+        merged = OmegaConf.merge(OmegaConf.structured(SimCSETrainConfig), cfg.simcse.train, diff)
+        return OmegaConf.to_object(merged)
     except Exception as exc:  # omegaconf validation error: name the run's key
         raise ConfigError(f"invalid simcse.runs.{run}: {exc}") from exc
-    return OmegaConf.to_object(merged)
+
+
+def run_encoder_config(cfg: DictConfig, run: str):
+    """``simcse.encoder`` with ``simcse.runs.<run>.encoder`` merged in.
+
+    The reference's supervised script keeps the MLP at test time (``--pooler_type cls`` without
+    ``--mlp_only_train``; Table 6: 86.2 with it, 85.8 without), the unsupervised one drops it, so the
+    ``sup`` run sets ``encoder: {mlp_only_train: false}`` over an encoder that says ``true``.
+    """
+    from repro.models.sentence_encoder import EncoderConfig
+
+    _, diff = _run_diff(cfg, run)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(EncoderConfig), cfg.simcse.encoder, diff)
+        return OmegaConf.to_object(merged)
+    except Exception as exc:
+        raise ConfigError(f"invalid simcse.runs.{run}.encoder: {exc}") from exc
+
+
+def code_version() -> str:
+    """sha256 (12 hex) of the source files that decide what a SimCSE checkpoint contains."""
+    import hashlib
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in ("repro.lit.simcse", "repro.losses", "repro.models.sentence_encoder", "repro.models.pooling",
+                 "repro.workflows.simcse", "repro.lit.causal_lm"):
+        digest.update(name.encode() + b"\0" + Path(importlib.import_module(name).__file__).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def checkpoint_key(cfg: DictConfig, run: str, data_fp: str) -> str:
+    """Folder key of a run's training checkpoints: its train + encoder config, data, seed, world and code.
+
+    A rerun of the same config resumes; a changed lr (or code) starts afresh in a new folder.
+    """
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    world = int(cfg.run.devices) * int(cfg.run.num_nodes)
+    parts = {"train": asdict(run_train_config(cfg, run)), "encoder": asdict(run_encoder_config(cfg, run)),
+             "data": data_fp, "seed": cfg.get("seed"), "world": world, "code": code_version()}
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return f"{run}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)
@@ -64,7 +121,7 @@ class Paths:
             data=data,
             data_fp=data_fp,
             model=out / cfg.run.model_dir / "simcse" / run,
-            ckpt=out / cfg.run.model_dir / "simcse-checkpoints" / run,
+            ckpt=out / cfg.run.model_dir / "simcse-checkpoints" / (checkpoint_key(cfg, run, data_fp) if run else ""),
             metrics=out / cfg.run.metrics_dir / "simcse",
             plots=out / cfg.run.plots_dir / "simcse",
         )
@@ -81,10 +138,8 @@ def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
     return manifest
 
 
-def _encoder_config(cfg: DictConfig, paths: Paths):
-    from repro.models.sentence_encoder import EncoderConfig
-
-    enc = to_dataclass(cfg.simcse.encoder, EncoderConfig)
+def _encoder_config(cfg: DictConfig, paths: Paths, run: str):
+    enc = run_encoder_config(cfg, run)
     if enc.source == "tiny" and not enc.tokenizer_path:
         enc.tokenizer_path = str(paths.data / "tokenizer")
     return enc
@@ -98,16 +153,26 @@ def _training_examples(paths: Paths, mode: str) -> list:
         return [(r["sent0"], r["sent1"], r["hard_neg"]) for r in csv.DictReader(f)]
 
 
-def _dev_eval(paths: Paths, batch_size: int, with_align: bool):
+def _dev_eval(paths: Paths, batch_size: int, with_align: bool, with_sick: bool = False):
     """STS-B dev Spearman (model selection) plus alignment/uniformity on STS-B dev pairs."""
     from repro.evaluation.align_uniform import align_uniform_stsb
     from repro.evaluation.sts import STSEvaluator
 
     evaluator = STSEvaluator.from_dir(paths.data / "sts", layout="tsv", tasks=["stsb"], batch_size=batch_size)
     dev = evaluator.tasks["stsb"]["dev"]
+    sick = None
+    if with_sick:
+        try:
+            sick = STSEvaluator.from_dir(paths.data / "sts", layout="tsv", tasks=["sickr"], batch_size=batch_size,
+                                         with_sick_dev=True)
+        except FileNotFoundError as exc:
+            raise ConfigError("simcse.train.eval_avg_sts=true needs SICK-R dev (trial) pairs; the prepared data has "
+                              f"none (the hub copy of SICK-R is test only: use simcse.data.source=local): {exc}") from exc
 
     def dev_eval(encode_fn) -> dict[str, float]:
         out = {"stsb_dev_spearman": evaluator.dev_spearman(encode_fn)}
+        if sick is not None:
+            out["sickr_dev_spearman"] = sick.evaluate(encode_fn).metrics["sickr/trial"]
         if with_align:
             au = align_uniform_stsb(encode_fn, list(zip(dev.s1, dev.s2)), list(dev.gold))
             out.update({"align": au["align"], "uniform": au["uniform"]})
@@ -117,21 +182,31 @@ def _dev_eval(paths: Paths, batch_size: int, with_align: bool):
 
 
 def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
-    """Train one SimCSE run; keep the best STS-B-dev checkpoint; export the encoder."""
+    """Train one SimCSE run; keep the best STS-B-dev checkpoint; export the encoder.
+
+    Scale-out (``run.devices × run.num_nodes`` ranks, ``run.strategy``): ``simcse.train.batch_size``
+    is global and split over the ranks (no accumulation); the W&B run, exports, metric files and
+    checkpoint cleanup happen on global rank zero only. Under Lightning's ``ddp`` launcher the other
+    ranks re-run the stage script, build the same module, train, and return after ``fit``.
+    """
     import lightning as L
     from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
 
     from repro.lit.history import HistoryRecorder
     from repro.lit.simcse import SimCSEDataModule, SimCSEModule, build_callbacks, build_trainer_kwargs
-    from repro.models.sentence_encoder import build_encoder, export_hf
+    from repro.models.sentence_encoder import build_encoder
+    from repro.models.simcse_export import export_hf, export_sentence_transformers
 
     paths = Paths.of(cfg, ctx, run)
     train_cfg = run_train_config(cfg, run)
-    enc_cfg = _encoder_config(cfg, paths)
+    enc_cfg = _encoder_config(cfg, paths, run)
+    world = int(cfg.run.devices) * int(cfg.run.num_nodes)
+    split_global_batch(train_cfg.batch_size, world, key=f"simcse.train.batch_size (run {run})")  # fail early
     L.seed_everything(train_cfg.seed, verbose=False)
     encoder = build_encoder(enc_cfg, enc_cfg.tokenizer_path)
     examples = _training_examples(paths, train_cfg.mode)
-    dev_eval = _dev_eval(paths, cfg.simcse.eval.batch_size, cfg.simcse.eval.align_uniform)
+    dev_eval = _dev_eval(paths, cfg.simcse.eval.batch_size, cfg.simcse.eval.align_uniform, train_cfg.eval_avg_sts)
     module = SimCSEModule(encoder, train_cfg, dev_eval)
     datamodule = SimCSEDataModule(examples, encoder.tokenizer, enc_cfg.max_length, train_cfg)
     tags = {"run": run, "encoder": enc_cfg.source if enc_cfg.source == "tiny" else enc_cfg.name_or_path or enc_cfg.package,
@@ -139,16 +214,21 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     if cfg.ablations.variant:
         tags["variant"] = f"{cfg.ablations.name}/{cfg.ablations.variant}"
     tags.update(ctx.job_tags)  # a sweep job's swept values: each job its own run name
-    wandb_run = init_run(cfg, PAPER, "train", make_run_name(PAPER, "train", cfg.run.profile, tags), ctx.group)
+    zero = rank_zero_only.rank == 0  # set from the launcher's env before any Trainer exists
+    wandb_run = init_run(cfg, PAPER, "train", make_run_name(PAPER, "train", cfg.run.profile, tags), ctx.group) \
+        if zero else None
     recorder = HistoryRecorder(("train/loss", "train/lr", "eval/stsb_dev_spearman", "eval/align", "eval/uniform"))
     start = time.perf_counter()
     try:
-        callbacks = build_callbacks(paths.ckpt)
+        callbacks = build_callbacks(paths.ckpt, train_cfg)
         trainer = L.Trainer(**build_trainer_kwargs(train_cfg), callbacks=[*callbacks, recorder],
-                            logger=WandbLogger(experiment=wandb_run), accelerator=cfg.run.accelerator, devices=cfg.run.devices,
-                            enable_progress_bar=False, enable_model_summary=False)
+                            logger=WandbLogger(experiment=wandb_run) if wandb_run is not None else False,
+                            accelerator=cfg.run.accelerator, devices=cfg.run.devices, num_nodes=cfg.run.num_nodes,
+                            strategy=cfg.run.strategy, enable_progress_bar=False, enable_model_summary=False)
         resume = paths.ckpt / "last.ckpt"
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.is_file() else None)
+        if not trainer.is_global_zero:
+            return {}
         best = callbacks[0]
         if best.best_model_path:  # the paper's model selection: the best STS-B dev checkpoint
             state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
@@ -158,6 +238,7 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
         metrics = {
             "train/best_stsb_dev": best_score,
             "train/steps": int(trainer.global_step),
+            "train/world_size": world,
             "train/sentences_per_s": float(sps) if sps is not None else float("nan"),
             "train/peak_mem_mb": float(trainer.callback_metrics.get("train/peak_mem_mb", float("nan"))),
             "train/wall_s": round(time.perf_counter() - start, 2),
@@ -165,10 +246,16 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
         wandb_run.summary.update(metrics)
         record_run(wandb_run, paths.metrics / "runs" / f"train_{run}.json")
     finally:
-        wandb_run.finish()
+        if wandb_run is not None:
+            wandb_run.finish()
     paths.model.mkdir(parents=True, exist_ok=True)
+    encoder.cpu()
     torch.save(encoder.state_dict(), paths.model / "encoder.pt")
-    export_hf(encoder, paths.model / "hf")
+    export_hf(encoder, paths.model / "hf")  # MLP head as BERT's pooler (simcse_to_huggingface.py)
+    try:
+        export_sentence_transformers(encoder, out_dir=paths.model / "sentence-transformers")
+    except (ImportError, ValueError) as exc:  # optional extra / a pooler without an ST equivalent
+        log.warning("no sentence-transformers export: %s", exc)
     # Checkpoints exist to survive a failure; once the best encoder is saved they go, so that a
     # rerun (e.g. after a code change) trains afresh instead of resuming a finished run.
     shutil.rmtree(paths.ckpt, ignore_errors=True)
@@ -184,7 +271,7 @@ def load_trained_encoder(cfg: DictConfig, ctx: StageContext, run: str):
     from repro.models.sentence_encoder import build_encoder
 
     paths = Paths.of(cfg, ctx, run)
-    enc_cfg = _encoder_config(cfg, paths)
+    enc_cfg = _encoder_config(cfg, paths, run)
     encoder = build_encoder(enc_cfg, enc_cfg.tokenizer_path)
     weights = paths.model / "encoder.pt"
     if not weights.is_file():
@@ -229,3 +316,58 @@ def evaluate(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
         wandb_run.finish()
     write_metrics(paths.metrics / f"eval_{run}.json", metrics)
     return metrics
+
+
+def transfer(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
+    """SentEval transfer tasks (MR, CR, SUBJ, MPQA, SST-2, TREC, MRPC) on the run's frozen embeddings.
+
+    Logistic regression (scikit-learn) under the SentEval protocol (:mod:`repro.evaluation.transfer`);
+    sentences are encoded untruncated, as for STS. Writes ``metrics/simcse/transfer_<run>.json``.
+    """
+    from repro.config import to_dataclass
+    from repro.evaluation.transfer import TransferConfig, evaluate_transfer
+
+    paths = Paths.of(cfg, ctx, run)
+    tcfg = to_dataclass(cfg.simcse.transfer, TransferConfig)
+    root = Path(tcfg.data_dir)
+    if not root.is_absolute():
+        from repro.cli import REPO_ROOT
+
+        root = (Path.cwd() / root) if (Path.cwd() / root).is_dir() else REPO_ROOT / root
+    tcfg.data_dir = str(root)
+    encoder = load_trained_encoder(cfg, ctx, run)
+    start = time.perf_counter()
+    metrics = evaluate_transfer(lambda s: encoder.encode(s, batch_size=tcfg.batch_size).numpy(), tcfg)
+    metrics["transfer/seconds"] = round(time.perf_counter() - start, 2)
+    metrics["transfer/max_examples"] = tcfg.max_examples if tcfg.max_examples is not None else -1
+    tags = {"run": run, "mode": run_train_config(cfg, run).mode}
+    wandb_run = init_run(cfg, PAPER, "transfer", make_run_name(PAPER, "transfer", cfg.run.profile, tags), ctx.group)
+    try:
+        wandb_run.summary.update(metrics)
+        record_run(wandb_run, paths.metrics / "runs" / f"transfer_{run}.json")
+    finally:
+        wandb_run.finish()
+    write_metrics(paths.metrics / f"transfer_{run}.json", metrics)
+    return metrics
+
+
+def run_seeds(cfg: DictConfig, ctx: StageContext, run: str, seeds: list[int]) -> dict[str, Any]:
+    """Train + evaluate one run once per seed, in one process; metrics as mean, ``/std`` and ``/per_seed``.
+
+    Published reproductions report 1–3 points of seed variance on STS, so an ablation ordering is
+    only "held" when it holds beyond the spread (:func:`repro.reports.simcse.ordering_held`). Each
+    seed trains in ``<out>/seed<N>/`` (its own checkpoints and W&B run); the data is shared.
+    """
+    from dataclasses import replace
+
+    from repro.reports.simcse import aggregate_seeds
+
+    if not seeds:
+        raise ConfigError("ablation 'seeds' must list at least one seed")
+    per_seed: list[dict[str, Any]] = []
+    prepare(cfg, ctx)
+    for seed in seeds:
+        scfg = OmegaConf.merge(cfg, {"seed": int(seed), "simcse": {"train": {"seed": int(seed)}}})
+        sctx = replace(ctx, out_root=ctx.out_root / f"seed{seed}")
+        per_seed.append({**train(scfg, sctx, run), **evaluate(scfg, sctx, run)})
+    return aggregate_seeds(per_seed, seeds)

@@ -1,0 +1,17 @@
+"""Stage simcse_transfer@<run>: SentEval transfer tasks (MR, CR, SUBJ, MPQA, SST-2, TREC, MRPC) on frozen embeddings.
+
+    python -m pipeline.transfer_simcse --params params.yaml --run sup
+"""
+
+from omegaconf import DictConfig
+
+from repro.cli import StageContext, run_stage
+from repro.workflows import simcse
+
+
+def main(cfg: DictConfig, ctx: StageContext) -> None:
+    simcse.transfer(cfg, ctx, ctx.option("run", cfg.simcse.run))
+
+
+if __name__ == "__main__":
+    run_stage(main)
