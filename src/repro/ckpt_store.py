@@ -45,3 +45,24 @@ def prune_stale_checkpoints(parent: Path, keep: Path, max_age_days: float) -> li
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+def resumable_run_id(ckpt_dir: Path) -> str:
+    """The W&B run id that belongs to a checkpoint folder: made once, kept in ``<ckpt_dir>/wandb_run_id``.
+
+    A killed run's folder survives, so its rerun resumes the same W&B run (``resume="allow"``) instead of
+    leaving a crashed partial run beside a new one; a finished run deletes its folder, so a later rerun of
+    the same config is a new W&B run rather than an append to a finished one.
+    """
+    import secrets
+
+    ckpt_dir = Path(ckpt_dir)
+    marker = ckpt_dir / "wandb_run_id"
+    if marker.is_file():
+        value = marker.read_text().strip()
+        if value:
+            return value
+    value = secrets.token_hex(8)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(value + "\n")
+    return value

@@ -21,10 +21,10 @@ from omegaconf import DictConfig
 
 from repro.cli import StageContext
 from repro.config import to_dataclass
-from repro.ckpt_store import code_version, prune_stale_checkpoints
+from repro.ckpt_store import code_version, prune_stale_checkpoints, resumable_run_id
 from repro.fingerprint import fingerprint as content_fingerprint
 from repro.stages import STAMP, BaseTrainConfig, reuse_or_cache, write_stamp
-from repro.tracking import init_run, make_run_name, record_run, stable_run_id, write_csv, write_metrics
+from repro.tracking import init_run, is_global_zero, make_run_name, record_run, write_csv, write_metrics
 
 log = logging.getLogger(__name__)
 PAPER = "longlora"
@@ -242,7 +242,7 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     name = make_run_name(PAPER, "train", cfg.run.profile, _run_tags(cfg))
-    run = init_run(cfg, PAPER, "train", name, ctx.group, run_id=stable_run_id(PAPER, "train", paths.ckpt.name))
+    run = init_run(cfg, PAPER, "train", name, ctx.group, run_id=resumable_run_id(paths.ckpt) if is_global_zero() else None)
     recorder = HistoryRecorder(("train/loss", "train/lr", "train/tokens_per_s", "train/peak_mem_mb"))
     start = time.perf_counter()
     try:

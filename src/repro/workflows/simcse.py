@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import ConfigError, to_dataclass
+from repro.ckpt_store import code_version, resumable_run_id
 from repro.scale import split_global_batch
 from repro.stages import SimCSEEvalConfig, reuse_or_cache, write_stamp  # noqa: F401 (schema of simcse.eval)
 from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
@@ -71,18 +72,6 @@ def run_encoder_config(cfg: DictConfig, run: str):
         raise ConfigError(f"invalid simcse.runs.{run}.encoder: {exc}") from exc
 
 
-def code_version() -> str:
-    """sha256 (12 hex) of the source files that decide what a SimCSE checkpoint contains."""
-    import hashlib
-    import importlib
-
-    digest = hashlib.sha256()
-    for name in ("repro.lit.simcse", "repro.losses", "repro.models.sentence_encoder", "repro.models.pooling",
-                 "repro.workflows.simcse", "repro.lit.causal_lm"):
-        digest.update(name.encode() + b"\0" + Path(importlib.import_module(name).__file__).read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def checkpoint_key(cfg: DictConfig, run: str, data_fp: str) -> str:
     """Folder key of a run's training checkpoints: its train + encoder config, data, seed, world and code.
 
@@ -94,7 +83,7 @@ def checkpoint_key(cfg: DictConfig, run: str, data_fp: str) -> str:
 
     world = int(cfg.run.devices) * int(cfg.run.num_nodes)
     parts = {"train": asdict(run_train_config(cfg, run)), "encoder": asdict(run_encoder_config(cfg, run)),
-             "data": data_fp, "seed": cfg.get("seed"), "world": world, "code": code_version()}
+             "data": data_fp, "seed": cfg.get("seed"), "world": world, "code": code_version()}  # one code key
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return f"{run}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
@@ -215,7 +204,8 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
         tags["variant"] = f"{cfg.ablations.name}/{cfg.ablations.variant}"
     tags.update(ctx.job_tags)  # a sweep job's swept values: each job its own run name
     zero = rank_zero_only.rank == 0  # set from the launcher's env before any Trainer exists
-    wandb_run = init_run(cfg, PAPER, "train", make_run_name(PAPER, "train", cfg.run.profile, tags), ctx.group) \
+    wandb_run = init_run(cfg, PAPER, "train", make_run_name(PAPER, "train", cfg.run.profile, tags), ctx.group,
+                         run_id=resumable_run_id(paths.ckpt)) \
         if zero else None
     recorder = HistoryRecorder(("train/loss", "train/lr", "eval/stsb_dev_spearman", "eval/align", "eval/uniform"))
     start = time.perf_counter()
