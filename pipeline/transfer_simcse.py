@@ -6,10 +6,11 @@
 from omegaconf import DictConfig
 
 from repro.cli import StageContext, run_stage
-from repro.workflows import simcse
 
 
 def main(cfg: DictConfig, ctx: StageContext) -> None:
+    from repro.workflows import simcse
+
     simcse.transfer(cfg, ctx, ctx.option("run", cfg.simcse.run))
 
 
