@@ -107,7 +107,8 @@ def _worker_st(args, sentences: list[str]) -> dict:
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 
-    from repro.models.sentence_encoder import build_encoder, export_sentence_transformers
+    from repro.models.sentence_encoder import build_encoder
+    from repro.models.simcse_export import export_sentence_transformers
 
     torch.manual_seed(args.seed)
     encoder = build_encoder(_encoder_cfg(args.model, args.tok_dir, args.max_length))

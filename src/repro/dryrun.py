@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any
 
 import torch
 from omegaconf import DictConfig

@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from repro.data.text_sources import SourceConfig, build_source, source_identity
 from repro.data.packed import PackedBlocks  # noqa: F401  (re-exported)
 from repro.data.token_cache import load_array, read_sidecar, sha256_file, sidecar, write_array  # noqa: F401
 from repro.data.tokenizer import TokenizerConfig, build_tokenizer, token_dtype_for
-from repro.fingerprint import file_sha256, fingerprint as content_fingerprint
+from repro.fingerprint import fingerprint as content_fingerprint
 
 FORMAT_VERSION = 2
 EVAL_ROLES = ("pg19_validation", "pg19_test", "proof_pile_test")

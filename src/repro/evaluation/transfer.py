@@ -138,7 +138,7 @@ def evaluate_task(name: str, encode: EncodeFn, cfg: TransferConfig) -> dict[str,
             accs.append(_logreg(c, cfg.seed).fit(x[tr], y[tr]).score(x[te], y[te]))
         return {"acc": 100 * float(np.mean(accs)), "n": len(y)}
     if name == "SST2":
-        (xs, ys) = {s: (_embed(encode, data[s][0]), data[s][1]) for s in data}, None
+        xs = {s: (_embed(encode, data[s][0]), data[s][1]) for s in data}
         grid = [2.0**t for t in range(-2, 4)]
         dev = [_logreg(c, cfg.seed).fit(*xs["train"]).score(*xs["dev"]) for c in grid]
         c = grid[int(np.argmax(dev))]

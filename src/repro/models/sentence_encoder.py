@@ -31,8 +31,6 @@ __all__ = [
     "SentenceEncoder",
     "build_encoder",
     "build_tokenizer",
-    "export_hf",
-    "export_sentence_transformers",
     "locate_package_folder",
     "position_limit",
 ]

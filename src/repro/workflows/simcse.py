@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
-from repro.config import ConfigError, to_dataclass
+from repro.config import ConfigError
 from repro.ckpt_store import code_version, resumable_run_id
 from repro.scale import split_global_batch
 from repro.stages import SimCSEEvalConfig, reuse_or_cache, write_stamp  # noqa: F401 (schema of simcse.eval)
