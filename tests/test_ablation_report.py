@@ -11,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from repro.evaluation.references import get_table, lookup
+from repro.reporting import verdict
 from repro.reports import ablations as A
 
 BASE = {
@@ -228,3 +229,19 @@ def test_table6_paper_values_sit_beside_the_matching_variant(tmp_path):
     row = next(line for line in page.splitlines() if line.startswith("| S2-Attn (shift among heads)"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:] == ["8.64", "8.12", "s2_heads", "4.99", "4.32"]  # paper S2 / full, ours S2 / full
+
+
+def test_best_claim_with_seeds_holds_only_beyond_the_spread():
+    from repro.reports.ablation_claims import _best_claim
+    from repro.reports.ablations import VariantResult, _mean_std
+
+    def v(name, mean, std):
+        return VariantResult("a", name, "ok", {"eval/best": mean, "eval/best/std": std, "seeds": [1, 2, 3]})
+
+    clear = [v("x", 80.0, 0.5), v("y", 78.0, 0.5)]
+    close = [v("x", 80.0, 1.5), v("y", 78.0, 1.5)]  # 80 − 1.5 = 78.5 < 78 + 1.5 = 79.5
+    assert _best_claim("x best", clear, clear[0], key="eval/best")[2] == verdict(True)
+    assert _best_claim("x best", close, close[0], key="eval/best")[2] == verdict(False)
+    assert _mean_std(clear[0], "eval/best") == "80.00 ± 0.50 (n=3)"
+    single = VariantResult("a", "z", "ok", {"eval/best": 70.0})
+    assert _mean_std(single, "eval/best") == "70.00"

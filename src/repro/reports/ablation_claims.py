@@ -31,12 +31,21 @@ def _both(a: float | None, b: float | None, test: Callable[[float, float], bool]
 
 
 def _best_claim(text: str, pool: Sequence[VariantResult], winner: VariantResult | None, key: str = DEV) -> list[str]:
+    """Held when the winner's mean beats every other variant's; with seeds, only beyond the spread
+    (winner's mean − std above each other's mean + std), as seed variance is 1–3 points at these scales."""
     vals = {r.variant: r.value(key) for r in pool}
+    stds = {r.variant: r.value(f"{key}/std") or 0.0 for r in pool}
     complete = winner is not None and pool and all(v is not None for v in vals.values())
-    held = vals[winner.variant] >= max(vals.values()) if complete else None
+    held = None
+    if complete:
+        w = winner.variant
+        held = all(vals[w] - stds[w] > vals[k] + stds[k] for k in vals if k != w) if any(stds.values()) \
+            else vals[w] >= max(vals.values())
     best = max(vals, key=lambda k: vals[k]) if complete else None
-    evidence = ", ".join(f"{k} {fmt(v)}" for k, v in vals.items()) + (f" → best {best}" if best else "")
-    return [text, f"{_name(winner)} vs the rest: {evidence}", verdict(held)]
+    spread = lambda k: f" ± {fmt(stds[k])}" if stds[k] else ""  # noqa: E731
+    evidence = ", ".join(f"{k} {fmt(v)}{spread(k)}" for k, v in vals.items()) + (f" → best {best}" if best else "")
+    rule = " (beyond the seed spread)" if any(stds.values()) else ""
+    return [text, f"{_name(winner)} vs the rest{rule}: {evidence}", verdict(held)]
 
 
 def _longlora_attention(res: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:

@@ -29,7 +29,7 @@ def simcse_settings(vcfg: DictConfig, run: str = "unsup") -> dict[str, Any]:
     return {"p": float(sc.encoder.dropout), "fixed": bool(train.fixed_dropout), "tau": float(train.temperature),
             "alpha": 0.0 if weight == -math.inf else math.exp(weight), "pooler": str(sc.encoder.pooler),
             "mlp_only_train": bool(sc.encoder.mlp_only_train), "mode": str(train.mode),
-            "batch_size": int(train.batch_size)}
+            "batch_size": int(train.batch_size), "similarity": str(train.get("similarity", "cosine"))}
 
 
 _TABLE6_POOLERS = MappingProxyType({("cls", False): "cls_with_mlp", ("cls", True): "cls_with_mlp_train_only",
@@ -43,6 +43,8 @@ def _row_query(table: str, s: dict[str, Any]) -> tuple[dict[str, Any], str, str]
     if table == "table3_dropout":
         return {"p": s["p"], "fixed_mask": s["fixed"]}, "stsb_dev", f"p={s['p']:g}" + (", fixed mask" if s["fixed"] else "")
     if table == "tableD1_temperature":
+        if s.get("similarity") == "dot":  # Table D.1's "N/A" row: dot product instead of cosine, no τ
+            return {"similarity": "dot"}, "stsb_dev", "dot product"
         return {"similarity": "cosine", "tau": s["tau"]}, "stsb_dev", f"τ={s['tau']:g}"
     if table == "table6_pooler":
         name = _TABLE6_POOLERS.get((s["pooler"], s["mlp_only_train"]))

@@ -247,9 +247,17 @@ def _name_of(v: VariantResult | None) -> str:
     return v.variant if v is not None else MISSING
 
 
+def _mean_std(r: VariantResult, key: str) -> str:
+    """``mean ± std (n seeds)`` where the variant ran several seeds, else the single value."""
+    mean, std, seeds = r.value(key), r.value(f"{key}/std"), r.metrics.get("seeds") or []
+    if mean is None or std is None or len(seeds) < 2:
+        return fmt(mean)
+    return f"{fmt(mean)} ± {fmt(std)} (n={len(seeds)})"
+
+
 def _simcse_table(res: Sequence[VariantResult], spec: DictConfig) -> str:
     table, run = spec.get("paper_table"), spec.get("run", "unsup")
-    header = ["variant", "config diff", "status", "STS-B dev (best)",
+    header = ["variant", "config diff", "status", "STS-B dev (best; mean ± std over seeds)",
               *(["paper row", "paper", "Δ (ours − paper)"] if table else []),
               "STS avg", "STS-B test", "SICK-R test", "align", "uniform", "W&B"]
     rows = []
@@ -259,7 +267,7 @@ def _simcse_table(res: Sequence[VariantResult], spec: DictConfig) -> str:
             match = paper_value(str(table), r.config, run)
             ref, val = match if match is not None else (f"no matching row of {table}", None)
             cells = [ref, fmt(val, 1), fmt(ours - val) if ours is not None and val is not None else MISSING]
-        rows.append([r.variant, _diff_text(r.diff), r.status_text, fmt(ours), *cells, fmt(r.value("sts/avg")),
+        rows.append([r.variant, _diff_text(r.diff), r.status_text, _mean_std(r, DEV), *cells, fmt(r.value("sts/avg")),
                      fmt(r.value("sts/stsb/test")), fmt(r.value("sts/sickr/test")), fmt(r.value("stsb_test/align"), 3),
                      fmt(r.value("stsb_test/uniform"), 3), run_link(r.run_info)])
     return md_table(header, rows)
