@@ -39,7 +39,8 @@ class TransferConfig:
 
     Attributes:
         tasks: subset of :data:`TASKS`.
-        data_dir: SentEval ``downstream`` folder (relative to the repository root).
+        data_dir: SentEval ``downstream`` folder (relative to the repository root), or ``synthetic`` for the
+            stand-ins that ``simcse_prepare`` writes (:mod:`repro.data.transfer_synthetic`).
         kfold: outer folds for MR/CR/SUBJ/MPQA (SentEval: 10).
         inner_kfold: folds that choose C (SentEval: 10; fewer keeps the tiny profile fast).
         max_examples: keep a stratified-by-shuffle subset of at most N examples per split (None: all;
@@ -49,7 +50,7 @@ class TransferConfig:
     """
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    data_dir: str = "../shared/data/senteval_transfer"
+    data_dir: str = "synthetic"
     kfold: int = 10
     inner_kfold: int = 10
     max_examples: int | None = None

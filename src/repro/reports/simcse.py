@@ -52,7 +52,10 @@ def transfer_section(cfg: DictConfig, metrics_dir: Path) -> list[str]:
     lines = ["", "## Transfer tasks (SentEval, logistic regression on frozen embeddings)", "",
              "Accuracy ×100; MR/CR/SUBJ/MPQA by 10-fold cross-validation, SST-2/TREC/MRPC on their given splits"
              f" (C chosen by {sc.transfer.inner_kfold}-fold inner CV, on dev for SST-2)."
-             + (f" **At most {capped} examples per split at this profile: not SentEval's numbers.**" if capped else "")]
+             + (f" **At most {capped} examples per split at this profile: not SentEval's numbers.**" if capped else "")
+             + (" **The tasks are synthetic stand-ins in SentEval's file layout** (`repro.data.transfer_synthetic`:"
+                " labels from the synthetic grammar's concepts), so the paper's row is shown for the layout only."
+                if str(sc.transfer.data_dir) == "synthetic" else "")]
     rows = []
     for run in sc.runs:
         mode = run_train_config(cfg, run).mode

@@ -122,6 +122,10 @@ def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
 
     paths = Paths.of(cfg, ctx)
     manifest = prepare_simcse_data(OmegaConf.to_container(cfg.simcse.data), paths.data)
+    if str(cfg.simcse.transfer.data_dir) == "synthetic":  # tiny: SentEval-layout stand-ins, no download
+        from repro.data.transfer_synthetic import write_synthetic_transfer
+
+        write_synthetic_transfer(paths.data / "transfer", seed=int(cfg.simcse.data.seed))
     write_stamp(paths.data, paths.data_fp)
     log.info("SimCSE data in %s: %s", paths.data, manifest.get("counts"))
     return manifest
@@ -319,7 +323,7 @@ def transfer(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
 
     paths = Paths.of(cfg, ctx, run)
     tcfg = to_dataclass(cfg.simcse.transfer, TransferConfig)
-    root = Path(tcfg.data_dir)
+    root = Path(tcfg.data_dir) if tcfg.data_dir != "synthetic" else paths.data / "transfer"
     if not root.is_absolute():
         from repro.cli import REPO_ROOT
 
