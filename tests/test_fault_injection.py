@@ -315,6 +315,23 @@ def test_divergence_fails_the_stage_and_the_run_and_keeps_checkpoints(workspaces
     assert not any((folder / c).exists() for c in stage.curves)
 
 
+def test_diverging_base_pretraining_fails_its_stage_and_run(workspaces):
+    """The base stage (the tiny model's pretraining) shares the guard; its W&B run must not end as a success."""
+    stage = LONGLORA
+    folder = workspaces.copy(stage, "nan-base")
+    shutil.rmtree(folder / "models/longlora/base")
+    _compose(stage, folder, "longlora.base.pretrain_steps=12", "longlora.base.lr=1e6")
+    out = _stage("pipeline.base", folder, ok=False)
+    assert out.returncode != 0, "a diverging base pretraining exited 0"
+    assert re.search(r"DivergenceError: non-finite \S+ \S+ (nan|inf|-inf) at step \d+", out.stderr), out.stderr[-3000:]
+    (run,) = find_offline_runs(folder / "wandb")
+    record = read_offline_run(run)
+    assert record["run"]["job_type"] == "base"
+    assert record["complete"] and record["exit_code"] not in (None, 0), record["exit_code"]
+    assert not (folder / "models/longlora/base").exists(), "a diverged base model was saved"
+    assert list((folder / "models/longlora-checkpoints").glob("base-*/*.ckpt")), "the base checkpoints were deleted"
+
+
 # --- 4. corrupt prepared data ------------------------------------------------------------------------------------
 
 
