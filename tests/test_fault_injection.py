@@ -193,6 +193,17 @@ def _assert_same_results(got: Path, ref: Path, stage: TrainStage) -> None:
         assert (got / curve).read_bytes() == (ref / curve).read_bytes(), f"{curve} differs from the uninterrupted run"
 
 
+def _note(case: str, what: str) -> None:
+    """One line of what the fault did (shown with ``pytest -s`` and on failure): the README's table."""
+    print(f"[fault] {case}: {what}")
+
+
+def _saved_steps(paths: list[Path]) -> dict[str, int]:
+    import torch
+
+    return {p.name: int(torch.load(p, map_location="cpu", weights_only=False)["global_step"]) for p in paths}
+
+
 def _metrics(folder: Path, stage: TrainStage) -> dict:
     return json.loads((folder / stage.metrics).read_text())
 
@@ -249,6 +260,7 @@ def test_kill_and_rerun_is_bit_exact(workspaces, stage, kind, step, delay_s):
         assert not left, f"killed before the first checkpoint, yet found {left}"
     else:
         assert left, "killed after a checkpoint, yet none is left to resume from"
+    _note(f"kill {kind}{step}+{delay_s}s", f"left {_saved_steps(left)}")
     out = _stage(stage.train, folder)
     assert _metrics(folder, stage)["train/resumed"] is (kind != "fresh"), out.stderr[-2000:]
     _assert_same_results(folder, ref, stage)
@@ -275,6 +287,7 @@ def test_truncated_last_checkpoint_falls_back_and_stays_bit_exact(workspaces, st
     assert f"checkpoint {last} is corrupt or truncated" in log or \
         f"checkpoint {last.relative_to(folder)} is corrupt or truncated" in log, log[-3000:]
     assert re.search(r"resuming from \S*step\d+\.ckpt instead", log), log[-3000:]
+    _note("truncated last.ckpt", " | ".join(line for line in log.splitlines() if "repro WARNING" in line))
     assert _metrics(folder, stage)["train/resumed"] is True
     _assert_same_results(folder, ref, stage)
 
@@ -297,6 +310,7 @@ def test_divergence_fails_the_stage_and_the_run_and_keeps_checkpoints(workspaces
     found = re.search(r"non-finite (?:training loss|gradient norm) (nan|inf|-inf) at step (\d+)", out.stderr)
     assert found, out.stderr[-3000:]
     step = int(found.group(2))
+    _note("nan train", f"rc {out.returncode}: {found.group(0)}; kept {_saved_steps(_checkpoints(folder, stage))}")
     metrics = _metrics(folder, stage)
     assert metrics["status"] == "failed" and f"at step {step}" in metrics["error"], metrics
     assert metrics["train/steps"] == step - 1
@@ -326,6 +340,7 @@ def test_diverging_base_pretraining_fails_its_stage_and_run(workspaces):
     assert re.search(r"DivergenceError: non-finite \S+ \S+ (nan|inf|-inf) at step \d+", out.stderr), out.stderr[-3000:]
     (run,) = find_offline_runs(folder / "wandb")
     record = read_offline_run(run)
+    _note("nan base", f"rc {out.returncode}: {out.stderr.strip().splitlines()[-1]}; W&B exit {record['exit_code']}")
     assert record["run"]["job_type"] == "base"
     assert record["complete"] and record["exit_code"] not in (None, 0), record["exit_code"]
     assert not (folder / "models/longlora/base").exists(), "a diverged base model was saved"
@@ -348,6 +363,7 @@ def test_truncated_prepared_data_fails_naming_the_file(workspaces, target, modul
     assert out.returncode != 0
     error = out.stderr.strip().splitlines()[-1]
     assert target in error and "corrupt" in error, out.stderr[-3000:]
+    _note(f"corrupt {target}", f"rc {out.returncode}: {error}")
     assert not list((folder / "wandb").glob("offline-run-*")), "a W&B run was started for unreadable inputs"
 
 
@@ -379,7 +395,9 @@ def test_wandb_key_without_network_falls_back_offline_with_one_warning(workspace
     assert len(warnings) == 1 and "unreachable" in warnings[0], warnings
     # From the fallback decision to a running Trainer: W&B's own 90 s init timeout would sit in between.
     built = next(line for line in lines if "GPU available:" in line and re.match(r"\d{4}-", line))
-    assert _log_time(built) - _log_time(warnings[0]) < 30, (warnings[0], built)
+    gap = _log_time(built) - _log_time(warnings[0])
+    _note("W&B key, no network", f"{warnings[0]} | trainer built {gap:.1f} s later; stage wall {wall:.1f} s")
+    assert gap < 30, (warnings[0], built)
     assert wall < 300, wall
     runs = find_offline_runs(folder / "wandb")
     assert len(runs) == 1, runs
@@ -412,9 +430,11 @@ def test_changed_config_does_not_resume_and_stale_folders_are_pruned(workspaces)
     log = out.stdout + out.stderr
     assert _metrics(folder, stage)["train/resumed"] is False
     assert "Restoring states from the checkpoint" not in log
+    assert f"removed abandoned checkpoint folder {abandoned}" in log, log[-3000:]
     rows = list(csv.DictReader((folder / stage.curves[0]).open()))
     assert len(rows) == stage.max_steps and float(rows[-1]["lr"]) == pytest.approx(1e-3)
     # The new config's own folder went when it finished; the killed run's stays for a resume; the abandoned one
     # (older than run.ckpt_keep_days) was pruned.
+    _note("config change", f"left {sorted(p.name for p in parent.iterdir())} (killed {killed.name})")
     assert sorted(parent.iterdir()) == [killed]
     assert {p.name: p.stat().st_mtime_ns for p in killed.iterdir()} == killed_files

@@ -267,7 +267,8 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
     tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
     model = build_longlora_model(model_cfg, adapter_cfg, train_cfg.context_length, base_dir=paths.base,
                                  attention_cfg=attn_cfg)
-    prune_stale_checkpoints(paths.ckpt.parent, paths.ckpt, float(cfg.run.ckpt_keep_days))
+    for stale in prune_stale_checkpoints(paths.ckpt.parent, paths.ckpt, float(cfg.run.ckpt_keep_days)):
+        log.info("removed abandoned checkpoint folder %s (untouched > run.ckpt_keep_days)", stale)
     upcast_trainable(model)  # fp32 master weights for what trains; the frozen base stays in model.dtype
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
