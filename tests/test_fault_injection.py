@@ -264,6 +264,10 @@ def test_kill_and_rerun_is_bit_exact(workspaces, stage, kind, step, delay_s):
     out = _stage(stage.train, folder)
     assert _metrics(folder, stage)["train/resumed"] is (kind != "fresh"), out.stderr[-2000:]
     _assert_same_results(folder, ref, stage)
+    runs = find_offline_runs(folder / "wandb")
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1, runs  # one W&B run, resumed
+    final = read_offline_run(runs[-1])
+    assert final["complete"] and final["exit_code"] == 0
     assert not (folder / stage.ckpt_parent).exists() or not any((folder / stage.ckpt_parent).iterdir()), \
         "a finished run leaves its checkpoint folder behind"
 
