@@ -107,7 +107,8 @@ KILL_POINTS = [("fresh", 0, 0.0)] + [
 ]
 
 
-def _env(**extra: str) -> dict[str, str]:
+def _env(**extra: str | None) -> dict[str, str]:
+    """The stages' environment: offline, one thread, this checkout on the path; a None value unsets a variable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(WANDB_MODE="offline", WANDB_SILENT="true", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'src'}")
