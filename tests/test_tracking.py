@@ -52,7 +52,7 @@ def test_offline_run_reads_back_what_was_logged(monkeypatch, tmp_path, attempt):
     assert back["summary"]["eval/ppl@512"] == 3.5
     assert back["config"]["longlora"]["train"]["max_steps"] == 7
     assert info["id"] == back["run"]["run_id"] and info["url"] is None
-    assert back["complete"]
+    assert back["complete"] and back["exit_code"] == 0
     assert "wandb sync" in tracking.run_link(info)
 
 
@@ -62,6 +62,7 @@ def _finished_run_file(monkeypatch, tmp_path):
     run.log({"train/loss": 1.0}, step=0)
     run.finish()
     folder = tracking.find_offline_runs(tmp_path / "wandb")[0]
+    assert tracking.read_offline_run(folder)["complete"]  # the writer has flushed: the file below is whole
     return folder, sorted(folder.glob("run-*.wandb"))[0]
 
 

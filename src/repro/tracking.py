@@ -249,13 +249,14 @@ def _items(items) -> dict[str, Any]:
 
 
 def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any]:
-    """Read an offline run folder back: ``{"config", "history", "summary", "run", "complete"}``.
+    """Read an offline run folder back: ``{"config", "history", "summary", "run", "complete", "exit_code"}``.
 
     ``run`` holds project, group, job_type and name as recorded. W&B's writer process may still be
     flushing the file after ``run.finish()`` returns (more so on a loaded machine), so this re-reads the
     file until it holds the run's ``exit`` record, for at most ``wait_s`` seconds; ``complete`` says
-    whether it did (a crashed run never writes one). A resumed run writes one file per attempt: all are
-    read, in order.
+    whether it did (a crashed run never writes one), and ``exit_code`` is that record's exit code (non-zero
+    for a run finished as failed, ``None`` without an exit record). A resumed run writes one file per
+    attempt: all are read, in order.
     """
     run_dir = Path(run_dir)
     files = sorted(run_dir.glob("run-*.wandb"))
@@ -268,10 +269,12 @@ def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any
         if complete or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
-    history, config, summary, run = [], {}, {}, {}
+    history, config, summary, run, exit_code = [], {}, {}, {}, None
     for record in records:
         kind = record.WhichOneof("record_type")
-        if kind == "history":
+        if kind == "exit":
+            exit_code = int(record.exit.exit_code)
+        elif kind == "history":
             history.append(_items(record.history.item))
         elif kind == "run":
             config.update(_items(record.run.config.update))
@@ -286,7 +289,8 @@ def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any
             config.update(_items(record.config.update))
         elif kind == "summary":
             summary.update(_items(record.summary.update))
-    return {"config": config, "history": history, "summary": summary, "run": run, "complete": complete}
+    return {"config": config, "history": history, "summary": summary, "run": run, "complete": complete,
+            "exit_code": exit_code}
 
 
 def find_offline_runs(wandb_dir: str | Path) -> list[Path]:

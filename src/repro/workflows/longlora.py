@@ -183,7 +183,10 @@ def build_base(cfg: DictConfig, ctx: StageContext) -> Path:
         trainer = build_trainer(train_cfg, paths.base_ckpt, loggers=[WandbLogger(experiment=run)],
                                 accelerator=cfg.run.accelerator)
         fit_resumable(trainer, module, PackedBlocksDataModule(train_cfg, dataset=dataset), paths.base_ckpt)
-    finally:
+    except BaseException:
+        run.finish(exit_code=1)  # any failure marks the W&B run failed
+        raise
+    else:
         run.finish()
     paths.base.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(paths.base)
@@ -234,10 +237,13 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
     attn_cfg = to_dataclass(ll.attention, S2AttnConfig)
     world = int(cfg.run.devices) * int(cfg.run.num_nodes)
     train_cfg = resolve_batch(to_dataclass(ll.train, TrainConfig), world)
+    # Verify the prepared blocks first: corrupt data fails here, naming the file, before the model and a W&B run.
+    blocks = PackedBlocks(paths.data / "train.npy")
     tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
     model = build_longlora_model(model_cfg, adapter_cfg, train_cfg.context_length, base_dir=paths.base,
                                  attention_cfg=attn_cfg)
-    prune_stale_checkpoints(paths.ckpt.parent, paths.ckpt, float(cfg.run.ckpt_keep_days))
+    for stale in prune_stale_checkpoints(paths.ckpt.parent, paths.ckpt, float(cfg.run.ckpt_keep_days)):
+        log.info("removed abandoned checkpoint folder %s (untouched > run.ckpt_keep_days)", stale)
     upcast_trainable(model)  # fp32 master weights for what trains; the frozen base stays in model.dtype
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
@@ -248,7 +254,7 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
     try:
         config_dicts = {"model": asdict(model_cfg), "adapter": asdict(adapter_cfg), "attention": asdict(attn_cfg)}
         module = CausalLMModule(model, train_cfg, config_dicts)
-        datamodule = PackedBlocksDataModule(train_cfg, path=paths.data / "train.npy", loader=PackedBlocks)
+        datamodule = PackedBlocksDataModule(train_cfg, dataset=blocks)
         trainer = build_trainer(train_cfg, paths.ckpt, loggers=[WandbLogger(experiment=run)], callbacks=[recorder, *(extra_callbacks or [])],
                                 accelerator=cfg.run.accelerator, devices=int(cfg.run.devices),
                                 num_nodes=int(cfg.run.num_nodes),
@@ -261,7 +267,6 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
             failed = {"status": "failed", "error": str(exc), "train/steps": int(trainer.global_step)}
             run.summary.update(failed)
             write_metrics(paths.metrics / "train.json", failed)
-            run.finish(exit_code=1)
             raise
         rows = recorder.rows
         tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
@@ -281,7 +286,10 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
         record_run(run, paths.metrics / "runs" / "train.json")
         log.info("trainable parameters: %d of %d (%s)", n_trainable, n_total,
                  ", ".join(sorted({n.split(".")[-2] for n in trainable_parameter_names(model)})))
-    finally:
+    except BaseException:
+        run.finish(exit_code=1)  # any failure marks the W&B run failed
+        raise
+    else:
         run.finish()
     if _is_sharded(trainer):
         # FSDP / ZeRO-3 hold a shard of every weight per rank: gather the full state (a collective, so every
@@ -414,7 +422,10 @@ def evaluate(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
                      "eval/length": row["length"]})
         run.summary.update(metrics)
         record_run(run, paths.metrics / "runs" / "evaluate.json")
-    finally:
+    except BaseException:
+        run.finish(exit_code=1)  # any failure marks the W&B run failed
+        raise
+    else:
         run.finish()
     write_metrics(paths.metrics / "eval.json", metrics)
     write_csv(paths.plots / "ppl_vs_length.csv", ppl_rows)
