@@ -81,7 +81,8 @@ LONGLORA = TrainStage(
     id="longlora",
     overrides=(
         "longlora.base.pretrain_steps=5", "longlora.data.train.num_docs=60",
-        "longlora.data.eval_sets.synthetic_heldout.num_docs=10", "longlora.data.eval_sets.synthetic_facts.num_docs=10",
+        "longlora.data.eval_sets.synthetic_validation.num_docs=10", "longlora.data.eval_sets.synthetic_test.num_docs=10",
+        "longlora.data.eval_sets.synthetic_facts_sampled.num_docs=40", "longlora.data.eval_sets.synthetic_facts_sampled.sample_docs=4",
         "longlora.train.max_steps=12", "longlora.train.global_batch_size=4", "longlora.train.batch_size=2",
         "longlora.train.ckpt_every_n_steps=2", "longlora.train.log_every_n_steps=1",
         "longlora.train.warmup_steps=2", "run.accelerator=cpu",
@@ -357,7 +358,7 @@ def test_diverging_base_pretraining_fails_its_stage_and_run(workspaces):
 
 @pytest.mark.parametrize("target,module", [
     ("data/longlora/train.npy", "pipeline.train"),
-    ("data/longlora/eval/synthetic_heldout.npy", "pipeline.evaluate"),
+    ("data/longlora/eval/synthetic_validation.npy", "pipeline.evaluate"),
 ], ids=["train.npy", "eval.npy"])
 def test_truncated_prepared_data_fails_naming_the_file(workspaces, target, module):
     folder = workspaces.copy(LONGLORA, f"corrupt-{Path(target).stem}")
