@@ -179,3 +179,20 @@ def test_truncated_last_checkpoint_falls_back_to_intact_one(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="repro"):
         assert find_resume_checkpoint(tmp_path) is None
     assert any("starts fresh" in r.message for r in caplog.records)
+
+
+def test_simcse_non_finite_loss_stops_with_step_and_value():
+    from repro.lit.simcse import SimCSEModule
+
+    class _NaN(SimCSEModule):
+        def compute_loss(self, embeddings):
+            return torch.tensor(float("nan"), requires_grad=True)
+
+        def embed_batch(self, batch):
+            return None
+
+    module = object.__new__(_NaN)
+    torch.nn.Module.__init__(module)
+    module._trainer = None
+    with pytest.raises(DivergenceError, match=r"non-finite SimCSE loss nan at step 1"):
+        _NaN.training_step(module, {}, 0)

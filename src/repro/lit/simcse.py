@@ -241,6 +241,14 @@ class SimCSEModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.compute_loss(self.embed_batch(batch))
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = bool(self.trainer.strategy.reduce_boolean_decision(bad, all=False))
+        if bad:  # divergence guard: stop loudly, keep the last finite checkpoint
+            from repro.lit.causal_lm import DivergenceError
+
+            raise DivergenceError(f"non-finite SimCSE loss {float(loss.detach())} at step {self.global_step + 1} "
+                                  "(divergence guard); the last finite checkpoint is kept")
         self.log("train/loss", loss, prog_bar=True)
         # Every rank's loss is the global-batch loss, but its gradient only reaches the local
         # slice (gather_with_grad); DDP then *averages* the ranks, so scale by the world size to get

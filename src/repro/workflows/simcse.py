@@ -186,6 +186,7 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
+    from repro.lit.causal_lm import DivergenceError, find_resume_checkpoint
     from repro.lit.history import HistoryRecorder
     from repro.lit.simcse import SimCSEDataModule, SimCSEModule, build_callbacks, build_trainer_kwargs
     from repro.models.sentence_encoder import build_encoder
@@ -218,9 +219,18 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
         trainer = L.Trainer(**build_trainer_kwargs(train_cfg), callbacks=[*callbacks, recorder],
                             logger=WandbLogger(experiment=wandb_run) if wandb_run is not None else False,
                             accelerator=cfg.run.accelerator, devices=cfg.run.devices, num_nodes=cfg.run.num_nodes,
-                            strategy=cfg.run.strategy, enable_progress_bar=False, enable_model_summary=False)
-        resume = paths.ckpt / "last.ckpt"
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.is_file() else None)
+                            strategy=cfg.run.strategy, enable_progress_bar=True, enable_model_summary=False)
+        resume = find_resume_checkpoint(paths.ckpt)  # the newest intact checkpoint (corrupt ones are skipped)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+        except DivergenceError as exc:
+            failed = {"status": "failed", "error": str(exc), "train/steps": int(trainer.global_step)}
+            write_metrics(paths.metrics / f"train_{run}.json", failed)
+            if wandb_run is not None:
+                wandb_run.summary.update(failed)
+                wandb_run.finish(exit_code=1)
+                wandb_run = None
+            raise
         if not trainer.is_global_zero:
             return {}
         best = callbacks[0]
@@ -236,9 +246,15 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
             "train/sentences_per_s": float(sps) if sps is not None else float("nan"),
             "train/peak_mem_mb": float(trainer.callback_metrics.get("train/peak_mem_mb", float("nan"))),
             "train/wall_s": round(time.perf_counter() - start, 2),
+            "status": "ok",
         }
         wandb_run.summary.update(metrics)
         record_run(wandb_run, paths.metrics / "runs" / f"train_{run}.json")
+    except BaseException:
+        if wandb_run is not None:  # any failure marks the W&B run failed
+            wandb_run.finish(exit_code=1)
+            wandb_run = None
+        raise
     finally:
         if wandb_run is not None:
             wandb_run.finish()
