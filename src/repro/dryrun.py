@@ -175,20 +175,20 @@ def _encoder_config(enc: DictConfig, data: DictConfig) -> dict[str, int]:
 def simcse_plan(cfg: DictConfig, run: str) -> Plan:
     """The SimCSE train stage's plan for ``simcse.runs.<run>``: BERT without its pooling layer (as the
     reference builds it) plus the MLP head, every parameter trained, no accumulation."""
-    from omegaconf import OmegaConf
     from transformers import BertConfig, BertModel
 
     from repro.scale import split_global_batch
+    from repro.workflows.simcse import run_encoder_config, run_train_config
 
     sc = cfg.simcse
-    train = OmegaConf.merge(sc.train, sc.runs.get(run) or {})
-    enc = OmegaConf.merge(sc.encoder, (sc.runs.get(run) or {}).get("encoder", {}) or {})
+    train = run_train_config(cfg, run)  # simcse.train with the run's diff (as the train stage merges it)
+    enc = run_encoder_config(cfg, run)  # simcse.encoder with the run's `encoder:` overrides
     shape = _encoder_config(enc, sc.data)
     with torch.device("meta"):
         model = BertModel(BertConfig(**shape), add_pooling_layer=False)
         mlp = torch.nn.Linear(shape["hidden_size"], shape["hidden_size"])
     total = sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in mlp.parameters())
-    global_batch = int(train.get("global_batch_size", train.batch_size))
+    global_batch = int(train.batch_size)  # global, as the paper states it
     split = split_global_batch(global_batch, _world(cfg), key=f"simcse.runs.{run}.batch_size")
     sentences = 3 if train.mode == "sup" else 2
     tokens = split.per_device * sentences * int(enc.max_length)
