@@ -32,7 +32,7 @@ repro-cold: check
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 
 # The headline numbers of every experiment (dvc exp show has over 1,300 columns otherwise).
-HEADLINE := Experiment|finetuned/synthetic_heldout/ppl@512|finetuned/passkey@512|.*longlora/train.json:train/final_loss|.*simcse/eval_.*:sts/avg|.*simcse/train_.*:train/best_stsb_dev
+HEADLINE := Experiment|finetuned/synthetic_validation/ppl@512|finetuned/passkey@512|.*longlora/train.json:train/final_loss|.*simcse/eval_.*:sts/avg|.*simcse/train_.*:train/best_stsb_dev
 headline: $(STAMP)
 	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep '$(HEADLINE)'
 
