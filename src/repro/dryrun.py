@@ -108,17 +108,15 @@ def _llama_meta(cfg: DictConfig):
     return model, config, m
 
 
-def check_attention(cfg: DictConfig) -> None:
-    """Fail now, naming the keys, when the S2 group size does not divide the training context."""
-    from repro.config import ConfigError, to_dataclass
-    from repro.models.attention.s2attn import S2AttnConfig, group_size_for
+def check_derived(cfg: DictConfig) -> None:
+    """Fail now, naming the keys, on the problems :func:`repro.check.derived_problems` finds (an S2 group
+    size that does not divide the training context, Position Interpolation's contexts)."""
+    from repro.check import derived_problems
+    from repro.config import ConfigError
 
-    try:
-        attn = to_dataclass(cfg.longlora.attention, S2AttnConfig)
-        if attn.pattern != "full":
-            group_size_for(int(cfg.longlora.train.context_length), attn.group_size_ratio, attn.shift != "none")
-    except ValueError as exc:
-        raise ConfigError(f"longlora.attention / longlora.train.context_length: {exc}") from exc
+    problems = derived_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def longlora_plan(cfg: DictConfig) -> Plan:
@@ -128,7 +126,7 @@ def longlora_plan(cfg: DictConfig) -> Plan:
     from repro.models.longlora import AdapterConfig, apply_adapter
 
     train = resolve_batch(to_dataclass(cfg.longlora.train, TrainConfig), _world(cfg))
-    check_attention(cfg)
+    check_derived(cfg)
     model, config, m = _llama_meta(cfg)
     adapter = to_dataclass(cfg.longlora.adapter, AdapterConfig)
     with torch.device("meta"):
