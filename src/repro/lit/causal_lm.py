@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from repro.lit.ranks import any_rank
 from repro.models.checkpointing import apply_checkpointing
 from repro.models.chunked_loss import causal_lm_loss
 
@@ -161,13 +162,6 @@ class CausalLMModule(L.LightningModule):
         # use_cache=False: a training forward must not build a KV cache (the reference sets it off too).
         return self.model(input_ids=input_ids, labels=labels, use_cache=False)
 
-    def _any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on any rank (so every rank stops together instead of hanging in a collective)."""
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None or trainer.world_size == 1:
-            return flag
-        return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         input_ids = batch["input_ids"]  # (B, T)
         labels = batch.get("labels", input_ids)  # (B, T); HF shifts inside the loss
@@ -175,7 +169,7 @@ class CausalLMModule(L.LightningModule):
             self._interval_start = time.perf_counter()
             self._interval_first_step = self.global_step
         loss = causal_lm_loss(self.model, input_ids, labels, self.train_cfg.loss_chunk_size)
-        if self._any_rank(not bool(torch.isfinite(loss.detach()))):
+        if any_rank(self, not bool(torch.isfinite(loss.detach()))):
             raise DivergenceError(f"non-finite training loss {float(loss.detach())} at step {self.global_step + 1} "
                                   "(divergence guard); the last finite checkpoint is kept")
         self._interval_tokens += input_ids.numel()
@@ -189,7 +183,7 @@ class CausalLMModule(L.LightningModule):
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) \
             if grads else torch.zeros(())
-        if self._any_rank(not bool(torch.isfinite(norm))):
+        if any_rank(self, not bool(torch.isfinite(norm))):
             raise DivergenceError(f"non-finite gradient norm {float(norm)} at step {self.global_step + 1} "
                                   "(divergence guard); the last finite checkpoint is kept")
         # train/loss is the mean over the whole global batch: every micro-batch of every rank.

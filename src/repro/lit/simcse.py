@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from repro.lit.causal_lm import peak_memory_mb
+from repro.lit.ranks import any_rank
 from repro.losses import gather_with_grad, info_nce
 from repro.models.sentence_encoder import SentenceEncoder
 
@@ -241,10 +242,8 @@ class SimCSEModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.compute_loss(self.embed_batch(batch))
-        bad = not bool(torch.isfinite(loss.detach()))
-        if self._trainer is not None and self.trainer.world_size > 1:
-            bad = bool(self.trainer.strategy.reduce_boolean_decision(bad, all=False))
-        if bad:  # divergence guard: stop loudly, keep the last finite checkpoint
+        # divergence guard: stop loudly (every rank together), keep the last finite checkpoint
+        if any_rank(self, not bool(torch.isfinite(loss.detach()))):
             from repro.lit.causal_lm import DivergenceError
 
             raise DivergenceError(f"non-finite SimCSE loss {float(loss.detach())} at step {self.global_step + 1} "
