@@ -132,6 +132,11 @@ def test_global_batch_split_and_errors_name_the_keys():
     assert resolve_strategy("deepspeed_stage_3", "full", 8) == "deepspeed_stage_3"
 
 
+def test_build_trainer_takes_a_resolved_batch_only(tmp_path):
+    with pytest.raises(ValueError, match=r"grad_accum=0 is unresolved: pass resolve_batch\(train_cfg, 8\)"):
+        build_trainer(TrainConfig(global_batch_size=64, batch_size=1), tmp_path, devices=8, accelerator="cpu")
+
+
 class _PoisonAt(L.Callback):
     """Fills one trainable weight with NaN before optimizer step ``step`` (a blown-up update)."""
 

@@ -397,13 +397,19 @@ def build_trainer(
 ) -> L.Trainer:
     """A Trainer for ``train_cfg`` that checkpoints every ``ckpt_every_n_steps`` and always refreshes ``last.ckpt``.
 
-    ``train_cfg.grad_accum`` must already be resolved (:func:`resolve_batch`). Use it with :func:`fit_resumable`
-    so a rerun continues from the newest intact checkpoint after a crash.
+    The caller resolves the batch first (:func:`resolve_batch`, which names ``longlora.train.global_batch_size``
+    when it does not divide), so the module, the data module and the trainer share one ``train_cfg``. Use it with
+    :func:`fit_resumable` so a rerun continues from the newest intact checkpoint after a crash.
+
+    Raises:
+        ValueError: naming ``longlora.train.precision`` for an unknown precision, or when ``grad_accum`` is not
+            resolved.
     """
     if train_cfg.precision not in _PRECISIONS:
         raise ValueError(f"longlora.train.precision={train_cfg.precision!r}; expected one of {_PRECISIONS}")
     if train_cfg.grad_accum < 1:
-        train_cfg = resolve_batch(train_cfg, devices * num_nodes)
+        raise ValueError(f"train_cfg.grad_accum={train_cfg.grad_accum} is unresolved: pass resolve_batch(train_cfg, "
+                         f"{devices * num_nodes}), which derives it from longlora.train.global_batch_size")
     L.seed_everything(train_cfg.seed, workers=True, verbose=False)
     checkpoint = ModelCheckpoint(
         dirpath=str(ckpt_dir),
