@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from repro.models.hf_common import torch_dtype  # noqa: F401  (the one dtype map; re-exported for the stages)
-
 
 def upcast_trainable(model: torch.nn.Module) -> int:
     """Cast every trainable parameter to fp32 in place (frozen ones keep their dtype); returns how many moved."""
