@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import NamedTuple
 
+from repro.data.hub_files import hub_dataset_file
 from repro.data.sentences import WIKI1M_REPO, Slots, SyntheticGrammar, render, sample_slots
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,7 @@ def load_nli_hub(
     local_root: str | Path | None = None,
 ) -> list[NLITriplet]:
     """Download ``nli_for_simcse.csv`` (reference ``data/download_nli.sh``) and read it."""
-    from huggingface_hub import hf_hub_download
-
-    if local_root is not None:  # the repo's files laid out as on the hub, under <root>/<repo_id>/
-        path = Path(local_root) / repo_id / filename
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no local copy of {repo_id}/{filename} (key 'simcse.data.hub_local_root')")
-    else:
-        path = hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", revision=revision)
+    path = hub_dataset_file(repo_id, filename, revision, local_root)
     return read_nli_csv(path, max_triplets=max_triplets)
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from repro.data.hub_files import hub_dataset_file
+
 log = logging.getLogger(__name__)
 
 WIKI1M_REPO = "princeton-nlp/datasets-for-simcse"
@@ -169,12 +171,5 @@ def load_wiki1m_hub(
     Mirrors the reference ``data/download_wiki.sh`` (the same file, fetched via ``hf_hub_download``
     so the hub cache and ``HF_HUB_OFFLINE`` apply).
     """
-    from huggingface_hub import hf_hub_download
-
-    if local_root is not None:  # the repo's files laid out as on the hub, under <root>/<repo_id>/
-        path = Path(local_root) / repo_id / filename
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no local copy of {repo_id}/{filename} (key 'simcse.data.hub_local_root')")
-    else:
-        path = hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", revision=revision)
+    path = hub_dataset_file(repo_id, filename, revision, local_root)
     return read_sentence_file(path, max_sentences=max_sentences)
