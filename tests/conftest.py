@@ -59,3 +59,26 @@ def make_wordpiece_dir(tmp_path_factory):
         return folder
 
     return build
+
+
+@pytest.fixture(scope="session")
+def make_sentences():
+    """Factory of seeded random sentences (2–8 words each) over a 21-word vocabulary.
+
+    ``make_sentences(count, seed)`` gives the same sentences for the same arguments;
+    ``make_sentences.words`` is the vocabulary, for a tokenizer from ``make_wordpiece_dir``.
+    """
+    words = "the a cat dog sat on mat ran quickly slowly big small red blue house tree over under park man woman".split()
+
+    def build(count: int, seed: int = 0) -> list[str]:
+        import torch
+
+        gen = torch.Generator().manual_seed(seed)
+        out = []
+        for _ in range(count):
+            length = int(torch.randint(2, 9, (1,), generator=gen))
+            out.append(" ".join(words[int(i)] for i in torch.randint(0, len(words), (length,), generator=gen)))
+        return out
+
+    build.words = words
+    return build

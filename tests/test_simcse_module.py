@@ -19,21 +19,10 @@ from repro.lit.simcse import (
 from repro.losses import info_nce
 from repro.models.sentence_encoder import EncoderConfig, build_encoder
 
-WORDS = "the a cat dog sat on mat ran quickly slowly big small red blue house tree over under park man woman".split()
-
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(make_wordpiece_dir) -> Path:
-    return make_wordpiece_dir(WORDS)
-
-
-def _sentences(count: int, seed: int = 0) -> list[str]:
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        length = int(torch.randint(2, 9, (1,), generator=gen))
-        out.append(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (length,), generator=gen)))
-    return out
+def tokenizer_dir(make_wordpiece_dir, make_sentences) -> Path:
+    return make_wordpiece_dir(make_sentences.words)
 
 
 def _encoder(tokenizer_dir, **overrides):
@@ -53,10 +42,10 @@ def test_collator_pads_to_batch_max_and_truncates(tokenizer_dir):
         SimCSECollator(enc.tokenizer, 6)([("a", "b"), ("a",)])
 
 
-def test_unsup_loss_equals_info_nce_of_encoder_outputs(tokenizer_dir):
+def test_unsup_loss_equals_info_nce_of_encoder_outputs(tokenizer_dir, make_sentences):
     enc = _encoder(tokenizer_dir, dropout=0.0)
     module = SimCSEModule(enc, SimCSETrainConfig(temperature=0.1))
-    sents = _sentences(8)
+    sents = make_sentences(8)
     batch = SimCSECollator(enc.tokenizer, 32)(sents)
     loss = module.compute_loss(module.embed_batch(batch))
     tok = enc.tokenizer(sents, padding=True, return_tensors="pt")
@@ -64,23 +53,23 @@ def test_unsup_loss_equals_info_nce_of_encoder_outputs(tokenizer_dir):
     torch.testing.assert_close(loss, info_nce(emb, emb, 0.1), atol=1e-5, rtol=1e-5)
 
 
-def test_sup_loss_uses_hard_negatives(tokenizer_dir):
+def test_sup_loss_uses_hard_negatives(tokenizer_dir, make_sentences):
     enc = _encoder(tokenizer_dir, dropout=0.0)
     module = SimCSEModule(enc, SimCSETrainConfig(mode="sup", hard_negative_weight=0.5))
-    s0, s1, s2 = _sentences(6, 1), _sentences(6, 2), _sentences(6, 3)
+    s0, s1, s2 = make_sentences(6, 1), make_sentences(6, 2), make_sentences(6, 3)
     batch = SimCSECollator(enc.tokenizer, 32)(list(zip(s0, s1, s2, strict=True)))
     loss = module.compute_loss(module.embed_batch(batch))
     e = [enc(**enc.tokenize(s)) for s in (s0, s1, s2)]
     torch.testing.assert_close(loss, info_nce(e[0], e[1], 0.05, e[2], 0.5), atol=1e-5, rtol=1e-5)
 
 
-def test_loss_decreases_on_a_fixed_batch(tokenizer_dir):
+def test_loss_decreases_on_a_fixed_batch(tokenizer_dir, make_sentences):
     # mean pooling: a randomly initialised 2-layer model's CLS state is nearly the same for every
     # sentence, so CLS pooling needs far more than a few steps to separate them
     enc = _encoder(tokenizer_dir, dropout=0.1, pooler="avg")
     module = SimCSEModule(enc, SimCSETrainConfig(lr=1e-3, max_steps=30))
     optimizer = module.configure_optimizers()["optimizer"]
-    batch = SimCSECollator(enc.tokenizer, 32)(_sentences(16))
+    batch = SimCSECollator(enc.tokenizer, 32)(make_sentences(16))
     losses = []
     for _ in range(20):
         loss = module.compute_loss(module.embed_batch(batch))
@@ -91,9 +80,9 @@ def test_loss_decreases_on_a_fixed_batch(tokenizer_dir):
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
 
 
-def test_dev_eval_cadence_best_checkpoint_and_resume(tokenizer_dir, tmp_path):
+def test_dev_eval_cadence_best_checkpoint_and_resume(tokenizer_dir, tmp_path, make_sentences):
     enc = _encoder(tokenizer_dir)
-    dev_sentences = _sentences(5, 9)
+    dev_sentences = make_sentences(5, 9)
     scores = iter([0.1, 0.5, 0.3, 0.2, 0.2, 0.2])
     calls: list[int] = []
 
@@ -105,7 +94,7 @@ def test_dev_eval_cadence_best_checkpoint_and_resume(tokenizer_dir, tmp_path):
 
     cfg = SimCSETrainConfig(lr=1e-3, batch_size=8, max_steps=6, eval_every_n_steps=2, seed=0)
     module = SimCSEModule(enc, cfg, dev_eval=dev_eval)
-    data = SimCSEDataModule(_sentences(40), enc.tokenizer, 32, cfg)
+    data = SimCSEDataModule(make_sentences(40), enc.tokenizer, 32, cfg)
 
     def trainer(max_steps):
         kwargs = build_trainer_kwargs(cfg) | {"max_steps": max_steps}

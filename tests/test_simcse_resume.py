@@ -4,6 +4,7 @@ where an uninterrupted run ends (weights, per-step losses, best dev score)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -14,18 +15,6 @@ from scipy.stats import spearmanr
 
 from repro.lit.simcse import SimCSEDataModule, SimCSEModule, SimCSETrainConfig, build_callbacks, build_trainer_kwargs
 from repro.models.sentence_encoder import EncoderConfig, build_encoder
-
-WORDS = "the a cat dog sat on mat ran quickly slowly big small red blue house tree over under park man woman".split()
-
-
-def _sentences(count: int, seed: int) -> list[str]:
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        length = int(torch.randint(2, 9, (1,), generator=gen))
-        out.append(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (length,), generator=gen)))
-    return out
-
 
 class Killed(RuntimeError):
     """The injected crash."""
@@ -50,15 +39,16 @@ class Losses(Callback):
         self.by_step[trainer.global_step] = float(trainer.callback_metrics["train/loss"])
 
 
-def _run(tokenizer_dir: Path, ckpt: Path, mode: str, kill_at: int | None):
+def _run(tokenizer_dir: Path, sentences: Callable[[int, int], list[str]], ckpt: Path, mode: str,
+         kill_at: int | None):
     """Train 16 steps (dev eval every 6, last.ckpt also every 4); with ``kill_at``, crash there and rerun."""
     cfg = SimCSETrainConfig(mode=mode, lr=1e-3, batch_size=8, max_steps=16, eval_every_n_steps=6,
                             ckpt_every_n_steps=4, seed=3)
     if mode == "unsup":
-        examples = _sentences(44, 1)  # 44 / 8: epochs end mid-batch, the resumed stream must still agree
+        examples = sentences(44, 1)  # 44 / 8: epochs end mid-batch, the resumed stream must still agree
     else:
-        examples = list(zip(_sentences(30, 1), _sentences(30, 2), _sentences(30, 3), strict=True))
-    dev_a, dev_b = _sentences(12, 7), _sentences(12, 8)
+        examples = list(zip(sentences(30, 1), sentences(30, 2), sentences(30, 3), strict=True))
+    dev_a, dev_b = sentences(12, 7), sentences(12, 8)
     gold = torch.arange(12.0).flip(0).tolist()
     losses = Losses()
 
@@ -89,10 +79,10 @@ def _run(tokenizer_dir: Path, ckpt: Path, mode: str, kill_at: int | None):
 
 
 @pytest.mark.parametrize(("mode", "kill_at"), [("unsup", 3), ("unsup", 5), ("unsup", 9), ("sup", 13)])
-def test_killed_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(tokenizer_dir_resume, tmp_path,
-                                                                           mode, kill_at):
-    ref_module, ref_best, ref_losses = _run(tokenizer_dir_resume, tmp_path / "ref", mode, None)
-    module, best, losses = _run(tokenizer_dir_resume, tmp_path / "killed", mode, kill_at)
+def test_killed_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(tokenizer_dir_resume, make_sentences,
+                                                                           tmp_path, mode, kill_at):
+    ref_module, ref_best, ref_losses = _run(tokenizer_dir_resume, make_sentences, tmp_path / "ref", mode, None)
+    module, best, losses = _run(tokenizer_dir_resume, make_sentences, tmp_path / "killed", mode, kill_at)
     assert sorted(losses) == list(range(1, 17))
     assert losses == ref_losses  # same batches, same dropout masks, same optimizer/scheduler steps
     for (name, a), (_, b) in zip(ref_module.state_dict().items(), module.state_dict().items(), strict=True):
@@ -102,5 +92,5 @@ def test_killed_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(token
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir_resume(make_wordpiece_dir) -> Path:
-    return make_wordpiece_dir(WORDS)
+def tokenizer_dir_resume(make_wordpiece_dir, make_sentences) -> Path:
+    return make_wordpiece_dir(make_sentences.words)
