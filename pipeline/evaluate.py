@@ -6,4 +6,4 @@
 from repro.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("repro.workflows.longlora:evaluate")
+    run_stage("repro.workflows.longlora_eval:evaluate")

@@ -19,14 +19,14 @@ def main(cfg: DictConfig, ctx: StageContext) -> None:
 
         print_plan(longlora_plan(cfg))
         return
-    from repro.workflows import longlora
+    from repro.workflows import longlora, longlora_eval
 
     if ctx.sweep:
         longlora.prepare(cfg, ctx)
         longlora.build_base(cfg, ctx)
     longlora.train(cfg, ctx)
     if ctx.sweep:
-        longlora.evaluate(cfg, ctx)
+        longlora_eval.evaluate(cfg, ctx)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ from pathlib import Path
 ENV_VAR = "REPRO_WARM_SOCKET"
 PRELOAD = (
     "torch", "transformers", "lightning", "lightning.pytorch.loggers", "repro.config", "repro.workflows.longlora",
-    "repro.workflows.simcse", "repro.workflows.ablations", "repro.lit.causal_lm", "repro.lit.simcse",
-    "repro.lit.history", "repro.reporting", "repro.reports.longlora", "repro.reports.simcse", "repro.reports.ablations",
+    "repro.workflows.longlora_eval", "repro.workflows.simcse", "repro.workflows.ablations", "repro.lit.causal_lm",
+    "repro.lit.simcse", "repro.lit.history", "repro.reporting", "repro.reports.longlora", "repro.reports.simcse",
+    "repro.reports.ablations",
 )
 # Environment variables that libraries read when they are imported: a stage with other values than
 # the server's runs in its own process.

@@ -146,7 +146,7 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
     from repro.models.attention.registry import apply_attention, use_full_attention
     from repro.models.longlora import load_for_context
     from repro.config import to_dataclass
-    from repro.workflows import longlora
+    from repro.workflows import longlora, longlora_eval
 
     ll = cfg.longlora
     longlora.prepare(cfg, ctx)
@@ -159,7 +159,7 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
     stream_path = paths.data / "eval" / f"{set_name}.npy"
     tokens = torch.from_numpy(load_array(stream_path).astype(np.int64))
     ppl_eval = build_perplexity_evaluator(eval_cfg)
-    device = longlora.eval_device(cfg)  # the run's accelerator: a 7B model is not evaluated on the CPU
+    device = longlora_eval.eval_device(cfg)  # the run's accelerator: a 7B model is not evaluated on the CPU
     out: dict[str, Any] = {"eval_set": set_name, "eval_role": str(spec.get("eval_role") or "")}
 
     curve_rows: list[dict[str, Any]] = []

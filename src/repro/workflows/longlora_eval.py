@@ -1,0 +1,131 @@
+"""The LongLoRA evaluate stage: perplexity and passkey of the base with PI and of the fine-tuned model.
+
+Reads what :mod:`repro.workflows.longlora` wrote (the prepared evaluation streams, the base model and the
+merged fine-tuned model, at the same :class:`~repro.workflows.longlora.Paths`). Evaluation uses full
+attention, as the paper does (S2-Attn is a training-time approximation); at the training context the
+fine-tuned model is also tested with its training attention (Table 6).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from repro.cli import StageContext
+from repro.config import to_dataclass
+from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
+from repro.workflows.longlora import PAPER, Paths, run_tags
+
+
+def eval_device(cfg: DictConfig) -> torch.device:
+    """The device evaluation runs on: the run's accelerator (CUDA unless ``run.accelerator=cpu``)."""
+    return torch.device("cuda" if torch.cuda.is_available() and cfg.run.accelerator != "cpu" else "cpu")
+
+
+def _eval_models(cfg: DictConfig, paths: Paths, context: int | None = None):
+    """The models compared: the base with PI and no fine-tuning (step 0 of Figure 5) and the fine-tuned one.
+
+    ``context`` above the training context loads both with the PI factor for it instead (§4.2's
+    PI-only extension: the fine-tuned 32k model tested to 48k without further training).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from repro.models.longlora import load_for_context, pi_factor
+
+    ll = cfg.longlora
+    trained, original = int(ll.train.context_length), int(ll.model.original_context)
+    context = max(int(context or trained), trained)
+
+    def finetuned():
+        config = AutoConfig.from_pretrained(paths.finetuned / "merged")
+        if context > trained:
+            params = dict(config.rope_parameters)
+            params.update(rope_type="linear", factor=float(pi_factor(context, original)))
+            config.rope_parameters, config.max_position_embeddings = params, context
+        return AutoModelForCausalLM.from_pretrained(paths.finetuned / "merged", config=config,
+                                                    attn_implementation="sdpa", dtype=getattr(torch, ll.model.dtype))
+
+    yield "base_pi", lambda: load_for_context(paths.base, context, dtype=ll.model.dtype)
+    yield "finetuned", finetuned
+
+
+def load_eval_streams(data_dir: Path) -> dict[str, torch.Tensor]:
+    """The prepared evaluation token streams by set name (``eval/<name>.npy``)."""
+    from repro.data.lm_data import load_array
+
+    return {p.stem: torch.from_numpy(load_array(p).astype(np.int64)) for p in sorted((data_dir / "eval").glob("*.npy"))}
+
+
+def evaluate(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
+    """Perplexity (eval.py protocol + Press variant) with full attention and with S2-Attn, and passkey.
+
+    Every evaluation set is scored at :func:`~repro.evaluation.perplexity.eval_lengths`; at the
+    training context the fine-tuned model is also tested with its training attention (Table 6's
+    "S2-Attn" column beside the "full attention" one). Passkey runs at the reference's test points up
+    to :func:`~repro.evaluation.perplexity.passkey_max_tokens`, points beyond the training context with
+    the PI-only extension (§4.2, Figure 4).
+    """
+    from transformers import AutoTokenizer
+
+    from repro.evaluation.passkey import build_passkey_evaluator
+    from repro.evaluation.perplexity import LMEvalConfig, build_perplexity_evaluator, eval_lengths, passkey_max_tokens
+    from repro.models.attention.registry import apply_attention
+
+    ll = cfg.longlora
+    paths = Paths.of(cfg, ctx)
+    eval_cfg = to_dataclass(ll.eval, LMEvalConfig)
+    target = int(ll.train.context_length)
+    tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
+    streams = load_eval_streams(paths.data)
+    ppl_eval = build_perplexity_evaluator(eval_cfg)
+    passkey_eval = build_passkey_evaluator(tokenizer, eval_cfg)
+    points = passkey_eval.points(passkey_max_tokens(eval_cfg, target))
+    device = eval_device(cfg)
+    metrics: dict[str, Any] = {}
+    ppl_rows, passkey_rows = [], []
+    run = init_run(cfg, PAPER, "evaluate", make_run_name(PAPER, "evaluate", cfg.run.profile, run_tags(cfg)), ctx.group)
+    try:
+        for model_name, load in _eval_models(cfg, paths):
+            model = load().to(device).eval()  # full (SDPA) attention: S2-Attn is a training-time approximation
+            for set_name, tokens in streams.items():
+                for length in eval_lengths(eval_cfg, target):
+                    r = ppl_eval.evaluate(model, tokens, length)
+                    metrics[f"{model_name}/{set_name}/ppl@{length}"] = r.ppl
+                    metrics[f"{model_name}/{set_name}/ppl_newest@{length}"] = r.ppl_newest
+                    ppl_rows.append({"model": model_name, "eval_set": set_name, "length": length, "attention": "full",
+                                     "ppl": r.ppl, "ppl_newest": r.ppl_newest, "windows": r.n_windows,
+                                     "tokens_per_s": r.tokens_per_s})
+            if ll.attention.pattern != "full":
+                apply_attention(model, OmegaConf.to_container(ll.attention))  # tested with S2-Attn (Table 6)
+                for set_name, tokens in streams.items():
+                    r = ppl_eval.evaluate(model, tokens, target, press=False)  # S2 groups need full windows
+                    metrics[f"{model_name}/{set_name}/ppl_s2@{target}"] = r.ppl
+                    ppl_rows.append({"model": model_name, "eval_set": set_name, "length": target, "attention": "s2",
+                                     "ppl": r.ppl, "ppl_newest": r.ppl_newest, "windows": r.n_windows,
+                                     "tokens_per_s": r.tokens_per_s})
+            del model
+        for model_name, load in _eval_models(cfg, paths, max(points, default=target)):
+            model = load().to(device).eval()
+            pk = passkey_eval.evaluate(model, points)
+            for row in pk.rows():
+                metrics[f"{model_name}/passkey@{row['target']}"] = row["accuracy"]
+                passkey_rows.append({"model": model_name, **row, "beyond_training": row["target"] > target})
+            del model
+        for row in ppl_rows:
+            run.log({f"eval/{row['model']}/{row['eval_set']}/{row['attention']}/ppl": row["ppl"],
+                     "eval/length": row["length"]})
+        run.summary.update(metrics)
+        record_run(run, paths.metrics / "runs" / "evaluate.json")
+    except BaseException:
+        run.finish(exit_code=1)  # any failure marks the W&B run failed
+        raise
+    else:
+        run.finish()
+    write_metrics(paths.metrics / "eval.json", metrics)
+    write_csv(paths.plots / "ppl_vs_length.csv", ppl_rows)
+    write_csv(paths.plots / "passkey.csv", passkey_rows)
+    return metrics
