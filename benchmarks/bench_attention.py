@@ -8,6 +8,7 @@ as (B, H, T, D)). Beside the times it prints the bytes moved outside the attenti
 (:mod:`repro.models.attention.traffic`), which carry over to GPUs where CPU times do not.
 
     python benchmarks/bench_attention.py                                   # CPU, both head shapes, 1k and 2k
+    python benchmarks/bench_attention.py --traffic-only --lengths 1024     # traffic table only (no timing)
     python benchmarks/bench_attention.py --device cuda --dtype bf16 --lengths 8192 16384 32768
 """
 
@@ -118,7 +119,10 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.25)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-traffic", action="store_true", help="skip the dispatch-mode traffic count")
+    parser.add_argument("--traffic-only", action="store_true", help="only the traffic count, no timing")
     args = parser.parse_args()
+    if args.traffic_only and args.no_traffic:
+        parser.error("--traffic-only and --no-traffic exclude each other")
     dtype, methods = DTYPES[args.dtype], build_methods(args)
     rows = []
     for shape in args.shapes:
@@ -129,18 +133,24 @@ def main() -> None:
                 return x.transpose(1, 2).requires_grad_()  # (B, H, T, D) view
 
             q, k, v = make(heads), make(kv_heads), make(kv_heads)
-            timings = {name: time_fwd_bwd(fn, q, k, v, args.repeats) for name, fn in methods.items()}
+            timings = {name: float("nan") if args.traffic_only else time_fwd_bwd(fn, q, k, v, args.repeats)
+                       for name, fn in methods.items()}
             full = timings["full causal (SDPA)"]
             for name, ms in timings.items():
                 moved = float("nan") if args.no_traffic else attention_traffic(methods[name], q, k, v)[0]
                 rows.append((shape, t, name, ms, ms / full, moved))
+    timed = "" if args.traffic_only else f"median of {args.repeats}; "
     print(f"\nfwd+bwd, device={args.device}, dtype={args.dtype}, batch={args.batch}, group ratio {args.ratio}, "
-          f"median of {args.repeats}; traffic = bytes read + written outside attention kernels, forward + backward, "
+          f"{timed}traffic = bytes read + written outside attention kernels, forward + backward, "
           f"in S = one query-sized tensor\n")
-    print("| heads | tokens | method | ms | vs full | traffic (S) |\n| --- | ---: | --- | ---: | ---: | ---: |")
+    if args.traffic_only:
+        print("| heads | tokens | method | traffic (S) |\n| --- | ---: | --- | ---: |")
+    else:
+        print("| heads | tokens | method | ms | vs full | traffic (S) |\n| --- | ---: | --- | ---: | ---: | ---: |")
     for shape, t, name, ms, ratio, moved in rows:
         h, hk, d = HEAD_SHAPES[shape]
-        print(f"| {h}/{hk} x {d} | {t} | {name} | {ms:.1f} | {ratio:.2f} | {moved:.2f} |")
+        timing = "" if args.traffic_only else f" {ms:.1f} | {ratio:.2f} |"
+        print(f"| {h}/{hk} x {d} | {t} | {name} |{timing} {moved:.2f} |")
 
 
 if __name__ == "__main__":

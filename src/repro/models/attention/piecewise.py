@@ -7,16 +7,21 @@ of the token-major (B, T, H, D) tensors that transformers produces:
 
 * aligned heads: all groups of all samples as one (B*n, h, G, D) window (one call);
 * shifted heads: the interior ``[G/2, T - G/2)`` as a (n-1, h, G, D) window, the two half-groups as a
-  (2, h, G/2, D) window with a group stride of T - G/2 tokens (leak-free), or the wrapped pair (last half-group,
-  first half-group) concatenated into one group (the reference's roll; the only copy, G tokens of the shifted
-  heads);
+  (2, h, G/2, D) window with a group stride of T - G/2 tokens (leak-free);
+* the reference's roll, whose wrapped group is the last half-group followed by the first one: with kernels that
+  return their log-sum-exp (:class:`LseKernel`, :class:`WrappedPiece`) three calls on views (last x last causal,
+  first x first causal, first x last in full) whose two parts of the first half-group's softmax are merged by
+  their log-sum-exp; otherwise (flash-attn varlen, dropout) the wrapped pair concatenated into one group
+  (:class:`WrappedEnds`, a copy of G tokens of the shifted heads);
 * grouped-query attention: query heads are cut into runs that read one contiguous range of key/value heads
   with a uniform ratio, so no key/value head is ever repeated.
 
 :class:`PiecewiseAttention` writes the piece outputs into one preallocated token-major output and, in the
 backward pass, the piece gradients into three preallocated token-major gradients (copy, or add where two runs
-share a key/value head): no zero fill and no concatenation. It keeps the autograd node of each kernel call rather
-than its tensors, so activation checkpointing still frees (and recomputes) what the kernels saved.
+share a key/value head, or where two calls of a wrapped group share a row or a key): no zero fill and no
+concatenation. It keeps the autograd node of each kernel call rather than its tensors, so activation
+checkpointing still frees (and recomputes) what the kernels saved; a wrapped group on views saves q/k/v and the
+output on the autograd context instead, which checkpointing frees and recomputes the same way.
 """
 
 from __future__ import annotations
@@ -71,6 +76,14 @@ class Window:
         view = self.take(dst, a, b)
         view.add_(value) if accumulate else view.copy_(value)
 
+    def put_sum(self, dst: Tensor, a: int, b: int, x: Tensor, y: Tensor, accumulate: bool) -> None:
+        """Write (or add) ``x + y`` into heads ``[a, b)`` of ``dst``; one pass over the window when writing."""
+        view = self.take(dst, a, b)
+        if accumulate:
+            view.add_(x).add_(y)
+        else:
+            torch.add(x, y, out=view)
+
 
 @dataclass(frozen=True)
 class WrappedEnds:
@@ -113,6 +126,75 @@ class Kernel:
             return x
         n, h, length, d = shape
         return x.view(n, length, h, d).transpose(1, 2)
+
+
+@dataclass(frozen=True)
+class LseKernel:
+    """A causal/full attention kernel pair that exposes the softmax log-sum-exp (for merging partial softmaxes).
+
+    Attributes:
+        forward: ``(q, k, v, causal) -> (out, lse, state)`` on (n, h, L, D) windows; ``lse`` (n, h, >= L) float
+            holds the log-sum-exp of the scaled scores in its first L positions; ``state`` is what ``backward``
+            needs besides (e.g. the RNG state).
+        backward: ``(grad_out, q, k, v, out, lse, state, causal) -> (dq, dk, dv)``. ``out`` and ``lse`` may be
+            those of a larger softmax this call is one part of (laid out like the forward's ``lse``); the result
+            is then this part's share of the gradients (the backward of flash/ring attention).
+    """
+
+    forward: Callable[[Tensor, Tensor, Tensor, bool], tuple[Tensor, Tensor, object]]
+    backward: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, object, bool], tuple[Tensor, Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class WrappedPiece:
+    """The reference's wrapped group of query heads ``heads``, attended on views without a concatenation.
+
+    In rolled order the group is the last half-group ``last`` of each sample followed by its first half-group
+    ``first`` (G/2 tokens each). Causal attention over it splits into three kernel calls on views: ``last`` x
+    ``last`` causal (the whole softmax of those rows), ``first`` x ``first`` causal and ``first`` x ``last`` in
+    full; the last two are merged with the log-sum-exp weights, and the backward of each call runs with the
+    merged output and log-sum-exp. Rows of ``first`` and keys of ``last`` receive two contributions (summed while
+    written: one extra read of G/2 tokens each for the output, dq, dk and dv); nothing else moves.
+    """
+
+    last: Window
+    first: Window
+    heads: tuple[int, int]
+    kv_heads: tuple[int, int]
+    kernel: LseKernel
+
+    def _windows(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """(q, k, v) views of ``last`` and of ``first``: (n, h|hk, G/2, D) each."""
+        return tuple([w.take(x, *hs) for x, hs in ((q, self.heads), (k, self.kv_heads), (v, self.kv_heads))]
+                     for w in (self.last, self.first))
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> tuple[Tensor, ...]:
+        """Write the group's output into ``out`` (B, T, H, D); returns what :meth:`backward` needs."""
+        (q_l, k_l, v_l), (q_f, k_f, v_f) = self._windows(q, k, v)
+        o_l, lse_l, st_l = self.kernel.forward(q_l, k_l, v_l, True)
+        o_ff, lse_ff, st_ff = self.kernel.forward(q_f, k_f, v_f, True)
+        o_fl, lse_fl, st_fl = self.kernel.forward(q_f, k_l, v_l, False)
+        self.last.put(out, *self.heads, o_l, accumulate=False)
+        rows = o_ff.shape[2]
+        weight = torch.sigmoid(lse_fl[..., :rows] - lse_ff[..., :rows])  # share of the keys of ``last``
+        torch.lerp(o_ff, o_fl, weight.unsqueeze(-1).to(o_ff.dtype), out=self.first.take(out, *self.heads))
+        return lse_l, torch.logaddexp(lse_ff, lse_fl), (st_l, st_ff, st_fl)
+
+    def backward(self, grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, saved: tuple[Tensor, ...],
+                 dq: Tensor, dk: Tensor, dv: Tensor, accumulate_kv: bool) -> None:
+        """Write the group's share of the gradients into the token-major ``dq``, ``dk``, ``dv``."""
+        lse_l, lse_f, (st_l, st_ff, st_fl) = saved
+        (q_l, k_l, v_l), (q_f, k_f, v_f) = self._windows(q, k, v)
+        g_l, g_f = (w.take(grad_out, *self.heads) for w in (self.last, self.first))
+        o_l, o_f = (w.take(out, *self.heads) for w in (self.last, self.first))
+        dq_l, dk_ll, dv_ll = self.kernel.backward(g_l, q_l, k_l, v_l, o_l, lse_l, st_l, True)
+        dq_ff, dk_ff, dv_ff = self.kernel.backward(g_f, q_f, k_f, v_f, o_f, lse_f, st_ff, True)
+        dq_fl, dk_fl, dv_fl = self.kernel.backward(g_f, q_f, k_l, v_l, o_f, lse_f, st_fl, False)
+        self.last.put(dq, *self.heads, dq_l, accumulate=False)
+        self.first.put_sum(dq, *self.heads, dq_ff, dq_fl, accumulate=False)
+        for dst, from_last, from_first, own in ((dk, dk_ll, dk_fl, dk_ff), (dv, dv_ll, dv_fl, dv_ff)):
+            self.last.put_sum(dst, *self.kv_heads, from_last, from_first, accumulate=accumulate_kv)
+            self.first.put(dst, *self.kv_heads, own, accumulate=accumulate_kv)
 
 
 @dataclass(frozen=True)
@@ -177,18 +259,25 @@ class PiecewiseAttention(torch.autograd.Function):
     """Attention assembled from pieces into preallocated token-major output and gradients.
 
     ``apply(q, k, v, pieces)`` with q (B, T, H, D), k/v (B, T, Hk, D) token-major; returns (B, T, H, D). The
-    pieces must tile every (query head, token) exactly once; every key/value head is covered by the runs that
-    read it.
+    pieces (:class:`Piece` or :class:`WrappedPiece`) must tile every (query head, token) exactly once; every
+    key/value head is covered by the runs that read it.
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, pieces: tuple[Piece, ...]) -> Tensor:  # noqa: D102
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, pieces: tuple[Piece | WrappedPiece, ...]) -> Tensor:  # noqa: D102
         track = any(ctx.needs_input_grad[:3])
         q, k, v = (token_major(x.detach()) for x in (q, k, v))
         out = q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])  # (B, T, H, D)
         grads_of = []
         anchor = q.new_empty(0).requires_grad_() if track else None
+        merged: list[Tensor] = []  # log-sum-exps of the wrapped groups on views
         for piece in pieces:
+            if isinstance(piece, WrappedPiece):
+                with torch.no_grad():
+                    lse_l, lse_f, states = piece.forward(q, k, v, out)
+                grads_of.append((len(merged), states))
+                merged += [lse_l, lse_f]
+                continue
             windows = [piece.where.take(x, *hs) for x, hs in ((q, piece.heads), (k, piece.kv_heads),
                                                                 (v, piece.kv_heads))]  # (n, h|hk, L, D)
             leaves = [piece.kernel.prepare(w) for w in windows]
@@ -199,6 +288,8 @@ class PiecewiseAttention(torch.autograd.Function):
             piece.where.put(out, *piece.heads, piece.kernel.restore(o.detach(), windows[0].shape), accumulate=False)
             if track:
                 grads_of.append((_backward_fn(o, leaves), [w.shape for w in windows]))  # no tensor kept
+        if track and merged:
+            ctx.save_for_backward(q, k, v, out, *merged)
         ctx.pieces, ctx.grads_of = pieces, grads_of
         ctx.shapes = (q.shape, k.shape)
         return out
@@ -208,17 +299,26 @@ class PiecewiseAttention(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # noqa: D102
         grad_out = token_major(grad_out)
         q_shape, kv_shape = ctx.shapes
+        saved = ctx.saved_tensors
         dq = grad_out.new_empty(q_shape)
         dk, dv = grad_out.new_empty(kv_shape), grad_out.new_empty(kv_shape)
         written: dict[int, set[tuple[int, int]]] = {}  # key/value head -> query-head runs that wrote it
-        for piece, (grads_of, shapes) in zip(ctx.pieces, ctx.grads_of):
-            g = piece.kernel.prepare(piece.where.take(grad_out, *piece.heads))
-            gq, gk, gv = grads_of(g)
-            piece.where.put(dq, *piece.heads, piece.kernel.restore(gq, shapes[0]), accumulate=False)
+        # Last piece first: a key/value head shared by the aligned and the shifted heads then gets a wrapped
+        # group's two contributions in one pass (written as their sum) and the aligned heads' as one add.
+        for piece, record in reversed(list(zip(ctx.pieces, ctx.grads_of))):
             kv_range = range(*piece.kv_heads)
             add = any(written.get(h, set()) - {piece.heads} for h in kv_range)
-            piece.where.put(dk, *piece.kv_heads, piece.kernel.restore(gk, shapes[1]), accumulate=add)
-            piece.where.put(dv, *piece.kv_heads, piece.kernel.restore(gv, shapes[2]), accumulate=add)
+            if isinstance(piece, WrappedPiece):
+                at, states = record  # its two log-sum-exps are saved[4 + at], saved[5 + at]
+                piece.backward(grad_out, *saved[:4], (saved[4 + at], saved[5 + at], states), dq, dk, dv,
+                               accumulate_kv=add)
+            else:
+                grads_of, shapes = record
+                g = piece.kernel.prepare(piece.where.take(grad_out, *piece.heads))
+                gq, gk, gv = grads_of(g)
+                piece.where.put(dq, *piece.heads, piece.kernel.restore(gq, shapes[0]), accumulate=False)
+                piece.where.put(dk, *piece.kv_heads, piece.kernel.restore(gk, shapes[1]), accumulate=add)
+                piece.where.put(dv, *piece.kv_heads, piece.kernel.restore(gv, shapes[2]), accumulate=add)
             for h in kv_range:
                 written.setdefault(h, set()).add(piece.heads)
         return dq, dk, dv, None

@@ -19,9 +19,13 @@ Two shifted-group layouts are provided (``S2AttnConfig.wrap``):
 The fast path never rolls, concatenates or repeats the full q/k/v (:mod:`repro.models.attention.piecewise`): each
 kernel call reads a strided view of the token-major inputs (aligned heads: all groups in one call; shifted heads:
 the interior ``[G/2, T - G/2)`` and the two half-groups; GQA by runs of query heads sharing key/value heads),
-writes into one preallocated output, and its gradients land in preallocated gradients. Over forward + backward
-this moves 8 query-sized tensors (MHA) or fewer (GQA) outside the attention kernels, plus 1 for the roll's wrapped
-group (``benchmarks/bench_attention.py``).
+writes into one preallocated output, and its gradients land in preallocated gradients. The roll's wrapped group
+(last half-group, then first half-group) is attended on the same views, its first half-group's softmax merged
+from two kernel calls by their log-sum-exp. Over forward + backward this moves 8 query-sized tensors (MHA) or fewer
+(GQA) outside the attention kernels, plus ``G/T`` times the shifted heads' share for the roll's merged rows and keys
+(1/4 at G = T/4 with half the heads shifted; ``benchmarks/bench_attention.py``). Where no kernel returns the
+log-sum-exp (flash-attn varlen, attention dropout, other devices) the wrapped group is concatenated instead
+(G tokens of the shifted heads of q, k, v and the output gradient).
 """
 
 from __future__ import annotations
@@ -35,7 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from repro.models.attention.piecewise import Kernel, Piece, PiecewiseAttention, Window, WrappedEnds, head_runs
+from repro.models.attention.piecewise import (
+    Kernel,
+    LseKernel,
+    Piece,
+    PiecewiseAttention,
+    Window,
+    WrappedEnds,
+    WrappedPiece,
+    head_runs,
+)
 
 PATTERNS = ("full", "s2")
 SHIFTS = ("none", "heads", "layers", "all")
@@ -186,11 +199,14 @@ def _shifted_windows(b: int, t: int, g: int, wrap: bool, flat: bool) -> list[Win
 
 
 def _plan(b: int, h: int, hk: int, t: int, g: int, h0: int, wrap: bool,
-          kernel_for: Callable[[Window | WrappedEnds, bool], Kernel], flat: bool = False) -> tuple[Piece, ...]:
+          kernel_for: Callable[[Window | WrappedEnds, bool], Kernel | LseKernel],
+          flat: bool = False) -> tuple[Piece | WrappedPiece, ...]:
     """Pieces of S2-Attn: heads ``:h0`` in aligned groups, heads ``h0:`` shifted by G/2; GQA by head runs.
 
-    ``kernel_for(window, shifted)`` gives the kernel of a window (flash varlen needs its cu_seqlens); ``flat``:
-    the kernel takes packed tokens (one window per sample range, groups cut by cu_seqlens).
+    ``kernel_for(window, shifted)`` gives the kernel of a window (flash varlen needs its cu_seqlens); a
+    :class:`LseKernel` for the roll's wrapped group attends it on views (:class:`WrappedPiece`) instead of
+    concatenating it. ``flat``: the kernel takes packed tokens (one window per sample range, groups cut by
+    cu_seqlens).
     """
     rep = h // hk
     aligned = [Window(0, 1, b * t, b * t)] if flat else [Window(0, b * t // g, g, g)]
@@ -198,18 +214,71 @@ def _plan(b: int, h: int, hk: int, t: int, g: int, h0: int, wrap: bool,
     for lo, hi, windows, shifted in ((0, h0, aligned, False),
                                      (h0, h, _shifted_windows(b, t, g, wrap, flat) if h0 < h else [], True)):
         for a, z, ka, kz in head_runs(lo, hi, rep):
-            pieces += [Piece(w, (a, z), (ka, kz), kernel_for(w, shifted)) for w in windows]
+            for w in windows:
+                kernel = kernel_for(w, shifted)
+                if isinstance(kernel, LseKernel):
+                    pieces.append(WrappedPiece(w.last, w.first, (a, z), (ka, kz), kernel))
+                else:
+                    pieces.append(Piece(w, (a, z), (ka, kz), kernel))
     return tuple(pieces)
 
 
-def _sdpa_kernel(scale: float | None, dropout: float) -> Callable[[Window | WrappedEnds, bool], Kernel]:
-    """Causal SDPA on (n, h, L, D) windows, autocast off (the caller casts q/k/v to one dtype)."""
+def _lse_kernel(device: torch.device, dtype: torch.dtype, head_dim: int, scale: float | None,
+                dropout: float) -> LseKernel | None:
+    """PyTorch's fused attention kernels that return the log-sum-exp, or None where none applies.
+
+    CPU: the CPU flash kernel (any float dtype). CUDA: the flash kernel (fp16/bf16, head dim a multiple of 8 up to
+    256, compute capability 8.0 or newer; grouped-query heads natively). Both backward kernels take the output and
+    log-sum-exp of the merged softmax, as PyTorch's ring attention calls them. Attention dropout would need one
+    random mask across the merged calls: None then.
+    """
+    if dropout:
+        return None
+    aten = torch.ops.aten
+    if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        fwd, bwd = aten._scaled_dot_product_flash_attention_for_cpu.default, \
+            aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+
+        def forward(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> tuple[Tensor, Tensor, object]:
+            with torch.autocast("cpu", enabled=False):
+                out, lse = fwd(q, k, v, 0.0, causal, scale=scale)  # lse (n, h, L) in the compute dtype
+            return out, lse, None
+
+        def backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, state: object,
+                     causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+            return bwd(grad, q, k, v, out, lse, 0.0, causal, scale=scale)
+
+        return LseKernel(forward, backward)
+    if (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0
+            and head_dim <= 256 and torch.cuda.get_device_capability(device) >= (8, 0)):
+        fwd, bwd = aten._scaled_dot_product_flash_attention.default, \
+            aten._scaled_dot_product_flash_attention_backward.default
+
+        def forward(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> tuple[Tensor, Tensor, object]:
+            with torch.autocast("cuda", enabled=False):
+                out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = fwd(q, k, v, 0.0, causal, False, scale=scale)
+            return out, lse, (cum_q, cum_k, max_q, max_k, seed, offset)  # lse (n, h, L) float32
+
+        def backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, state: object,
+                     causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+            cum_q, cum_k, max_q, max_k, seed, offset = state
+            return bwd(grad, q, k, v, out, lse.contiguous(), cum_q, cum_k, max_q, max_k, 0.0, causal, seed, offset,
+                       scale=scale)
+
+        return LseKernel(forward, backward)
+    return None
+
+
+def _sdpa_kernel(scale: float | None, dropout: float,
+                 merged: LseKernel | None = None) -> Callable[[Window | WrappedEnds, bool], Kernel | LseKernel]:
+    """Causal SDPA on (n, h, L, D) windows, autocast off (the caller casts q/k/v to one dtype); ``merged`` (when
+    given) for the roll's wrapped group."""
     def call(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         with torch.autocast(q.device.type, enabled=False):
             return attend(q, k, v, scale, dropout)
 
     kernel = Kernel(call)
-    return lambda window, shifted: kernel
+    return lambda window, shifted: merged if merged is not None and isinstance(window, WrappedEnds) else kernel
 
 
 def _tokens(x: Tensor, batch: int) -> Tensor:
@@ -224,7 +293,8 @@ def _s2_sdpa(q: Tensor, k: Tensor, v: Tensor, group_size: int, h0: int, wrap: bo
     b, h, t, _ = q.shape
     if h0 == h:  # no shifted head: all groups in one call on views, output and gradients need no copy at all
         return _tokens(attend(group(q, group_size), group(k, group_size), group(v, group_size), scale, dropout), b)
-    pieces = _plan(b, h, k.shape[1], t, group_size, h0, wrap, _sdpa_kernel(scale, dropout))
+    merged = _lse_kernel(q.device, q.dtype, q.shape[3], scale, dropout) if wrap else None
+    pieces = _plan(b, h, k.shape[1], t, group_size, h0, wrap, _sdpa_kernel(scale, dropout, merged))
     return PiecewiseAttention.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pieces)
 
 
@@ -267,7 +337,8 @@ def _s2_flash(q: Tensor, k: Tensor, v: Tensor, group_size: int, h0: int, wrap: b
 
     Same pieces as the SDPA path, packed as (tokens, heads, D) head-slice views: one call per head run for the
     aligned heads and for the leak-free shifted heads (the shift lives in ``cu_seqlens``, as flash-attn's own
-    S2-Attn recipe does); the roll takes the interior of each sample plus one call on the wrapped groups.
+    S2-Attn recipe does); the roll takes the interior of each sample plus one call on the wrapped groups,
+    concatenated (flash-attn's public varlen function does not take a merged log-sum-exp in its backward).
     ``varlen`` defaults to ``flash_attn.flash_attn_varlen_func`` (imported lazily); any function with its
     signature (packed (total, heads, D) inputs, int32 ``cu_seqlens``) can stand in for it.
     """

@@ -10,7 +10,7 @@ and adds the bytes each one reads and writes, skipping:
 * attention kernels themselves (SDPA's fused kernels and flash-attn's ops; what they do inside is theirs).
 
 ``copy_`` counts its source read and its destination written; an in-place ``add_`` reads both operands and
-writes one.
+writes one; an ``out=`` overload (``torch.add(x, y, out=z)``) reads its inputs and only writes ``out``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ FREE_OPS = ("aten.detach", "aten._unsafe_view", "aten.alias", "aten.lift_fresh",
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+def _write_only(func, kwargs: dict) -> list[torch.Tensor]:
+    """The ``out=`` tensors of an out overload: its keyword-only arguments it writes to (never read)."""
+    return [kwargs[a.name] for a in func._schema.arguments
+            if a.kwarg_only and a.alias_info is not None and a.alias_info.is_write
+            and isinstance(kwargs.get(a.name), torch.Tensor)]
 
 
 class TrafficCounter(TorchDispatchMode):
@@ -62,6 +69,7 @@ class TrafficCounter(TorchDispatchMode):
         read = sum(_nbytes(t) for t in inputs)
         if name.startswith("aten.copy_") and inputs:
             read -= _nbytes(inputs[0])  # the destination is overwritten, not read
+        read -= sum(_nbytes(t) for t in _write_only(func, kwargs))
         written = sum(_nbytes(t) for t in outputs)
         self.read += read
         self.written += written
