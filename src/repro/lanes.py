@@ -9,8 +9,9 @@ while most stages are independent of each other: the LongLoRA and SimCSE chains 
 report, and every ablation variant needs only its chain's data (and base model). With ``--jobs`` of 2
 or more:
 
-1. The stale stages (``dvc status``) are cut into *batches*: stages with the same stale upstream
-   stages, at most ``--batch`` of them each. A batch is ready once the batches of its upstream stages
+1. The stale stages (``dvc status``) are cut into *batches*: a stage that other stale stages need
+   is a batch of its own; the others are grouped by their stale upstream stages, at most ``--batch``
+   to a batch. A batch is ready once the batches of its upstream stages
    have finished. Stages that join several source stages (the report) are left for step 3.
 2. ``jobs`` workers take ready batches, stages with dependents first. Worker 0 works in this checkout;
    worker ``i`` in a copy of the working tree under ``.cache/lanes/worker<i>/`` (git-tracked and
@@ -106,10 +107,11 @@ def plan(root: Path, batch_size: int = 4, force: bool = False) -> Plan:
     finally:
         repo.close()
     for needs, names in keyed.items():
-        for i in range(0, len(names), batch_size):
-            chunk = names[i:i + batch_size]
-            result.batches.append(Batch(chunk, needs, any(n in dependents for n in chunk)))
-    result.batches.sort(key=lambda b: not b.has_dependents)  # stable: stages with dependents first
+        # a stage that others wait for is a batch of its own, so that they can start as soon as it is done
+        result.batches += [Batch([n], needs, True) for n in names if n in dependents]
+        leaves = [n for n in names if n not in dependents]
+        result.batches += [Batch(leaves[i:i + batch_size], needs, False) for i in range(0, len(leaves), batch_size)]
+    result.batches.sort(key=lambda b: not b.has_dependents)  # stable: stages others wait for first
     return result
 
 
