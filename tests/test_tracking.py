@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 
@@ -92,6 +93,8 @@ def _online_with_key(monkeypatch, url: str) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", url)
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "")  # recorded, so that what the fallback sets is undone after the test
+    monkeypatch.delenv("WANDB_ERROR_REPORTING")
     wandb.teardown()  # W&B's process-wide service keeps the settings (base URL) it was started with
 
 
@@ -127,6 +130,7 @@ def test_server_that_accepts_but_does_not_answer_http_is_unreachable(monkeypatch
     assert server.requests == ["GET"]
     (warning,) = _wandb_warnings(caplog)
     assert f"W&B server {server.url} unreachable within 1 s" in warning, warning
+    assert os.environ["WANDB_ERROR_REPORTING"] == "false"  # W&B would report its errors to that server at exit
 
 
 @pytest.mark.parametrize("kind", ["silent", "http-garbage", "probe-only"])

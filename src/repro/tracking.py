@@ -94,7 +94,10 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _warn_offline(base: str, timeout_s: float, reason: str) -> None:
+def _go_offline(base: str, timeout_s: float, reason: str) -> None:
+    """One warning line; and W&B's own SDK error reports (sent to the same server at exit, with a 10 s timeout)
+    are turned off for this process, unless ``WANDB_ERROR_REPORTING`` says otherwise."""
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     log.warning("W&B server %s unreachable within %g s (%s): logging offline (upload later with `wandb sync`)",
                 base, timeout_s, reason)
 
@@ -113,7 +116,7 @@ def resolve_mode(timeout_s: float = 5.0) -> str:
     reason = _unreachable_because(base, timeout_s)
     if reason is None:
         return "online"
-    _warn_offline(base, timeout_s, reason)
+    _go_offline(base, timeout_s, reason)
     return "offline"
 
 
@@ -176,7 +179,7 @@ def init_run(
     try:
         return start("online")
     except (wandb.Error, TimeoutError) as exc:  # CommError on init_timeout, Error on a reply that is not W&B's
-        _warn_offline(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"), timeout_s, _first_line(exc))
+        _go_offline(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"), timeout_s, _first_line(exc))
         wandb.teardown()  # the service still holds the failed run's id ("run ID ... is in use")
         return start("offline")
 
