@@ -82,3 +82,86 @@ def make_sentences():
 
     build.words = words
     return build
+
+
+class FakeWandbServer:
+    """A local TCP server standing in for a W&B server that misbehaves in one way (``kind``).
+
+    * ``silent``: accepts connections, reads the request, never answers;
+    * ``garbage``: answers every request with bytes that are not HTTP, then closes;
+    * ``http-garbage``: answers every request with ``200 OK`` and a body that is not W&B's JSON;
+    * ``probe-only``: answers ``GET`` with ``200 OK`` and never answers anything else (W&B's ``POST /graphql``);
+    * ``http``: answers every request with ``200 OK`` (a reachable server).
+    """
+
+    KINDS = ("silent", "garbage", "http-garbage", "probe-only", "http")
+
+    def __init__(self, kind: str) -> None:
+        import socket
+        import threading
+
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown server kind {kind!r}; valid: {self.KINDS}")
+        self.kind, self.requests, self._held, self._stop = kind, [], [], threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn) -> None:
+        conn.settimeout(30)
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                head += chunk
+            method = head.split(b" ", 1)[0].decode(errors="replace")
+            self.requests.append(method)
+            if self.kind == "silent" or (self.kind == "probe-only" and method != "GET"):
+                self._held.append(conn)  # keep it open, unanswered, until close()
+                return
+            if self.kind == "garbage":
+                conn.sendall(b"\x00\x17 not a protocol anyone speaks \xff\r\n")
+            else:
+                body = b"<html>no graphql here</html>" if self.kind == "http-garbage" else b"{}"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        except OSError:
+            pass
+        conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(timeout=5)
+        for conn in self._held:
+            conn.close()
+
+
+@pytest.fixture
+def fake_wandb_server():
+    """Factory of :class:`FakeWandbServer` (``fake_wandb_server("silent").url``), closed after the test."""
+    servers: list[FakeWandbServer] = []
+
+    def start(kind: str) -> FakeWandbServer:
+        servers.append(FakeWandbServer(kind))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
+import time
 
 import pytest
 from omegaconf import OmegaConf
@@ -83,23 +87,77 @@ def test_reader_waits_for_a_writer_that_has_not_flushed(monkeypatch, tmp_path):
     assert [h["train/loss"] for h in back["history"]] == [1.0]
 
 
-def test_unreachable_server_falls_back_to_offline(monkeypatch, caplog):
+def _online_with_key(monkeypatch, url: str) -> None:
+    import wandb
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "")  # recorded, so that what the fallback sets is undone after the test
+    monkeypatch.delenv("WANDB_ERROR_REPORTING")
+    wandb.teardown()  # W&B's process-wide service keeps the settings (base URL) it was started with
+
+
+def _wandb_warnings(caplog) -> list[str]:
+    """Warnings about W&B, except W&B's own logger (its debug.log, not the stage's output)."""
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+            and r.name.split(".")[0] != "wandb" and re.search(r"w(?:and)?&?b", r.getMessage(), re.I)]
+
+
+def test_unreachable_server_falls_back_to_offline(monkeypatch, caplog, fake_wandb_server):
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    _online_with_key(monkeypatch, f"http://127.0.0.1:{port}")
     with caplog.at_level("WARNING", logger="repro"):
         assert tracking.resolve_mode(timeout_s=1.0) == "offline"
     assert len([r for r in caplog.records if "unreachable" in r.message]) == 1
-    with socket.socket() as server:  # and a reachable one stays online
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
-        assert tracking.resolve_mode(timeout_s=1.0) == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", fake_wandb_server("http").url)  # and one that answers stays online
+    assert tracking.resolve_mode(timeout_s=1.0) == "online"
+
+
+@pytest.mark.parametrize("kind", ["silent", "garbage"])
+def test_server_that_accepts_but_does_not_answer_http_is_unreachable(monkeypatch, caplog, fake_wandb_server, kind):
+    """A TCP connect succeeds, yet the probe's HTTP request gets no (or no HTTP) answer: offline within the timeout."""
+    server = fake_wandb_server(kind)
+    _online_with_key(monkeypatch, server.url)
+    start = time.monotonic()
+    with caplog.at_level("WARNING", logger="repro"):
+        assert tracking.resolve_mode(timeout_s=1.0) == "offline"
+    assert time.monotonic() - start < 3.0
+    assert server.requests == ["GET"]
+    (warning,) = _wandb_warnings(caplog)
+    assert f"W&B server {server.url} unreachable within 1 s" in warning, warning
+    assert os.environ["WANDB_ERROR_REPORTING"] == "false"  # W&B would report its errors to that server at exit
+
+
+@pytest.mark.parametrize("kind", ["silent", "http-garbage", "probe-only"])
+def test_init_run_falls_back_offline_with_one_warning(monkeypatch, tmp_path, caplog, fake_wandb_server, kind):
+    """``probe-only`` passes the probe and then leaves ``wandb.init`` waiting: W&B's ``init_timeout`` (set to
+    ``wandb.init_timeout_s``, not its 90 s default) ends it; ``http-garbage`` passes the probe and makes
+    ``wandb.init`` fail at once. Either way one warning, and the run is written offline."""
+    server = fake_wandb_server(kind)
+    _online_with_key(monkeypatch, server.url)
+    cfg = _cfg(tmp_path)
+    cfg.wandb.init_timeout_s = 2
+    start = time.monotonic()
+    with caplog.at_level("WARNING"):
+        run = tracking.init_run(cfg, "longlora", "train", "longlora-train-tiny", "grp")
+    elapsed = time.monotonic() - start
+    run.log({"train/loss": 1.0})
+    run.finish()
+    warnings = _wandb_warnings(caplog)
+    assert len(warnings) == 1 and "unreachable within 2 s" in warnings[0], warnings
+    assert run.offline
+    assert elapsed < 20, elapsed  # the probe's or W&B's 2 s, plus starting W&B twice
+    if kind != "silent":
+        assert "POST" in server.requests, server.requests  # the probe passed: wandb.init itself was bounded
+    (folder,) = tracking.find_offline_runs(tmp_path / "wandb")
+    back = tracking.read_offline_run(folder)
+    assert back["complete"] and back["exit_code"] == 0
+    assert [h["train/loss"] for h in back["history"]] == [1.0]
 
 
 def test_only_global_rank_zero_tracks_and_writes(monkeypatch, tmp_path):
@@ -120,10 +178,12 @@ def test_only_global_rank_zero_tracks_and_writes(monkeypatch, tmp_path):
 
 
 def test_resumed_stage_continues_the_same_run(monkeypatch, tmp_path):
+    from repro.ckpt_store import resumable_run_id
+
     monkeypatch.setenv("WANDB_MODE", "offline")
-    run_id = tracking.stable_run_id("longlora", "train", "fingerprint-abc")
-    assert run_id == tracking.stable_run_id("longlora", "train", "fingerprint-abc")
-    assert run_id != tracking.stable_run_id("longlora", "train", "fingerprint-abd")
+    run_id = resumable_run_id(tmp_path / "ckpt")
+    assert run_id == resumable_run_id(tmp_path / "ckpt")  # kept in the checkpoint folder
+    assert run_id != resumable_run_id(tmp_path / "other-ckpt")
     for attempt in range(2):
         run = tracking.init_run(_cfg(tmp_path), "longlora", "train", "resumable", "grp", run_id=run_id)
         run.log({"train/loss": float(attempt)})

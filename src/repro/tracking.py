@@ -64,44 +64,60 @@ def project_name(cfg: DictConfig, paper: str) -> str:
     return f"{cfg.wandb.project_prefix}-{paper}"
 
 
-def _reachable(base_url: str, timeout_s: float) -> bool:
-    """Whether a TCP connection to the W&B server opens within ``timeout_s`` seconds."""
-    import socket
+def _unreachable_because(base_url: str, timeout_s: float) -> str | None:
+    """Why the W&B server does not answer an HTTP request within ``timeout_s`` seconds; ``None`` when it does.
+
+    A TCP connect alone is not enough: a server (or a proxy, a half-open tunnel) that accepts the connection
+    and never answers would pass it, and ``wandb.init`` would then wait for its own 90 s. Any HTTP status line
+    counts as an answer; the socket timeout bounds the connect and the wait for the reply.
+    """
+    import http.client
     from urllib.parse import urlparse
 
     url = urlparse(base_url if "//" in base_url else f"https://{base_url}")
-    port = url.port or (443 if url.scheme == "https" else 80)
+    kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    conn = kind(url.hostname or "", url.port, timeout=timeout_s)
     try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+        conn.request("GET", url.path or "/")
+        conn.getresponse()
+        return None
+    except TimeoutError:
+        return "no answer"
+    except (OSError, http.client.HTTPException) as exc:
+        return _first_line(exc)
+    finally:
+        conn.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _go_offline(base: str, timeout_s: float, reason: str) -> None:
+    """One warning line; and W&B's own SDK error reports (sent to the same server at exit, with a 10 s timeout)
+    are turned off for this process, unless ``WANDB_ERROR_REPORTING`` says otherwise."""
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+    log.warning("W&B server %s unreachable within %g s (%s): logging offline (upload later with `wandb sync`)",
+                base, timeout_s, reason)
 
 
 def resolve_mode(timeout_s: float = 5.0) -> str:
-    """:func:`wandb_mode`, falling back to ``offline`` when ``online`` but the server is unreachable.
+    """:func:`wandb_mode`, falling back to ``offline`` when ``online`` but the server does not answer.
 
-    W&B's own ``init_timeout`` is 90 s, after which the stage fails without writing anything. Here a
-    plain TCP connect decides within ``timeout_s`` (``wandb.init_timeout_s``) and one warning line says
-    that the run is kept offline for a later ``wandb sync``.
+    W&B's own ``init_timeout`` is 90 s, after which the stage fails without writing anything. Here an HTTP
+    request to ``WANDB_BASE_URL`` decides within ``timeout_s`` (``wandb.init_timeout_s``) and one warning
+    line says that the run is kept offline for a later ``wandb sync``.
     """
     mode = wandb_mode()
     if mode != "online":
         return mode
     base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    if _reachable(base, timeout_s):
+    reason = _unreachable_because(base, timeout_s)
+    if reason is None:
         return "online"
-    log.warning("W&B server %s unreachable within %.0f s: logging offline (upload later with `wandb sync`)",
-                base, timeout_s)
+    _go_offline(base, timeout_s, reason)
     return "offline"
-
-
-def stable_run_id(*parts: Any) -> str:
-    """A W&B run id derived from ``parts`` (e.g. a checkpoint fingerprint), so a resumed stage
-    continues the same run (``resume="allow"``) instead of leaving a crashed partial run beside a new one."""
-    import hashlib
-
-    return hashlib.sha256("/".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
 def init_run(
@@ -122,34 +138,50 @@ def init_run(
         name: from :func:`make_run_name`.
         group: experiment or sweep name.
         save_dir: where the ``wandb/`` folder goes (default: ``cfg.wandb.dir``).
-        run_id: a stable id (:func:`stable_run_id`); with it the run is resumed when it already exists.
+        run_id: a stable id (:func:`repro.ckpt_store.resumable_run_id`); with it the run is resumed when it
+            already exists.
 
     Only the global rank zero logs: on other ranks this returns a disabled run, so an 8-GPU job
-    makes one W&B run, not eight.
+    makes one W&B run, not eight. Online, ``wandb.init_timeout_s`` bounds both the reachability probe
+    (:func:`resolve_mode`) and ``wandb.init`` itself (W&B's ``init_timeout``): a server that answers the
+    probe but not the run's requests, or answers them with an error, also leaves the run offline, with
+    the same one warning line.
     """
     import wandb
 
-    mode = resolve_mode(float(cfg.wandb.get("init_timeout_s", 5.0)))
+    timeout_s = float(cfg.wandb.get("init_timeout_s", 5.0))
+    mode = resolve_mode(timeout_s)
     if not is_global_zero():
         mode = "disabled"
     save_dir = Path(save_dir or cfg.wandb.dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
-    return wandb.init(
-        project=project_name(cfg, paper),
-        entity=cfg.wandb.entity or None,
-        group=group,
-        job_type=job_type,
-        name=name,
-        id=run_id,
-        resume="allow" if run_id else None,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        dir=str(save_dir),
-        mode=mode,
-        tags=[str(cfg.run.profile), paper, job_type],
-        reinit="finish_previous",
-        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
-    )
+
+    def start(mode: str):
+        return wandb.init(
+            project=project_name(cfg, paper),
+            entity=cfg.wandb.entity or None,
+            group=group,
+            job_type=job_type,
+            name=name,
+            id=run_id,
+            resume="allow" if run_id else None,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            dir=str(save_dir),
+            mode=mode,
+            tags=[str(cfg.run.profile), paper, job_type],
+            reinit="finish_previous",
+            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True, init_timeout=timeout_s),
+        )
+
+    if mode != "online":
+        return start(mode)
+    try:
+        return start("online")
+    except (wandb.Error, TimeoutError) as exc:  # CommError on init_timeout, Error on a reply that is not W&B's
+        _go_offline(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"), timeout_s, _first_line(exc))
+        wandb.teardown()  # the service still holds the failed run's id ("run ID ... is in use")
+        return start("offline")
 
 
 def is_global_zero() -> bool:

@@ -315,10 +315,11 @@ def checkpoint_is_intact(path: str | Path) -> bool:
 
 
 def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The newest intact checkpoint in ``ckpt_dir`` (``last.ckpt`` first, then ``step*.ckpt``), else ``None``.
+    """The newest intact checkpoint in ``ckpt_dir`` (``last.ckpt`` first, then the others newest first), else ``None``.
 
-    A truncated or corrupt file (a kill during the write, a full disk) is reported with its path and skipped,
-    so the run falls back to the newest checkpoint that loads, or starts fresh, and says which.
+    The others are full training states too: LongLoRA's periodic ``step<N>.ckpt``, SimCSE's best-dev
+    ``best-step=<N>.ckpt``. A truncated or corrupt file (a kill during the write, a full disk) is reported with
+    its path and skipped, so the run falls back to the newest checkpoint that loads, or starts fresh, and says which.
     """
     import logging
 
@@ -327,7 +328,8 @@ def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
     if not folder.is_dir():
         return None
     candidates = [folder / "last.ckpt"] if (folder / "last.ckpt").is_file() else []
-    candidates += sorted(folder.glob("step*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates += sorted((p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"), key=lambda p: p.stat().st_mtime,
+                         reverse=True)
     for path in candidates:
         if checkpoint_is_intact(path):
             if path.name != "last.ckpt" and candidates[0].name == "last.ckpt":

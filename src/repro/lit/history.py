@@ -10,11 +10,15 @@ from lightning.pytorch.callbacks import Callback
 class HistoryRecorder(Callback):
     """One row per optimizer step of the chosen logged metrics (``train/loss`` → column ``loss``).
 
-    The rows are part of the checkpoint (``state_dict``), so a resumed run writes the whole curve.
+    ``eval_keys`` (e.g. ``eval/stsb_dev_spearman``) go on the row of the step whose validation logged them,
+    and on no other: Lightning keeps a metric in ``callback_metrics`` until it is logged again, and a resumed
+    run starts without it, so a value carried forward would make a resumed curve differ from an uninterrupted
+    one. The rows are part of the checkpoint (``state_dict``), so a resumed run writes the whole curve; list
+    this callback before any that saves a checkpoint in ``on_train_batch_end``, so that the step's row is in it.
     """
 
-    def __init__(self, keys: tuple[str, ...]):
-        self.keys = keys
+    def __init__(self, keys: tuple[str, ...], eval_keys: tuple[str, ...] = ()):
+        self.keys, self.eval_keys = keys, eval_keys
         self.rows: list[dict[str, float]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -27,6 +31,13 @@ class HistoryRecorder(Callback):
             if key in metrics:
                 row[key.split("/")[-1]] = float(metrics[key])
         self.rows.append(row)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        step = trainer.global_step
+        if trainer.sanity_checking or not self.eval_keys or not self.rows or self.rows[-1]["step"] != step:
+            return
+        metrics = trainer.callback_metrics
+        self.rows[-1].update({key.split("/")[-1]: float(metrics[key]) for key in self.eval_keys if key in metrics})
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}

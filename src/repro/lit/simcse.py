@@ -249,6 +249,8 @@ class SimCSEModule(L.LightningModule):
             raise DivergenceError(f"non-finite SimCSE loss {float(loss.detach())} at step {self.global_step + 1} "
                                   "(divergence guard); the last finite checkpoint is kept")
         self.log("train/loss", loss, prog_bar=True)
+        if self._trainer is not None and self.trainer.optimizers:  # the lr this step uses (also a resumed first step)
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         # Every rank's loss is the global-batch loss, but its gradient only reaches the local
         # slice (gather_with_grad); DDP then *averages* the ranks, so scale by the world size to get
         # the gradient of the global loss, as one process with the whole batch computes it.
@@ -281,8 +283,6 @@ class SimCSEModule(L.LightningModule):
             self.log("train/sentences_per_s", batch["input_ids"].shape[0] / max(elapsed, 1e-9))
         peak, self.peak_mem_source = peak_memory_mb(self.device)
         self.log("train/peak_mem_mb", peak)
-        if self.trainer is not None and self.trainer.optimizers:
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def encode_fn(self) -> Callable[[list[str]], Tensor]:
         """``encode(list[str]) -> [N, d]`` on this module's device, for evaluators."""
@@ -355,6 +355,7 @@ def build_callbacks(ckpt_dir: str | Path, cfg: SimCSETrainConfig | None = None) 
         mode="max",
         save_top_k=1,
         save_last=True,
+        enable_version_counter=False,  # overwrite the periodic last.ckpt (else the evaluation's goes to last-v1.ckpt)
     )
     if cfg is not None and cfg.ckpt_every_n_steps > 0:
         return [best, PeriodicLastCheckpoint(ckpt_dir, cfg.ckpt_every_n_steps, cfg.eval_every_n_steps)]

@@ -212,11 +212,13 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     wandb_run = init_run(cfg, PAPER, "train", make_run_name(PAPER, "train", cfg.run.profile, tags), ctx.group,
                          run_id=resumable_run_id(paths.ckpt)) \
         if zero else None
-    recorder = HistoryRecorder(("train/loss", "train/lr", "eval/stsb_dev_spearman", "eval/align", "eval/uniform"))
+    recorder = HistoryRecorder(("train/loss", "train/lr"),
+                               eval_keys=("eval/stsb_dev_spearman", "eval/align", "eval/uniform"))
     start = time.perf_counter()
     try:
         callbacks = build_callbacks(paths.ckpt, train_cfg)
-        trainer = L.Trainer(**build_trainer_kwargs(train_cfg), callbacks=[*callbacks, recorder],
+        # the recorder first: the periodic last.ckpt of a step must hold that step's row
+        trainer = L.Trainer(**build_trainer_kwargs(train_cfg), callbacks=[recorder, *callbacks],
                             logger=WandbLogger(experiment=wandb_run) if wandb_run is not None else False,
                             accelerator=cfg.run.accelerator, devices=cfg.run.devices, num_nodes=cfg.run.num_nodes,
                             strategy=cfg.run.strategy, enable_progress_bar=True, enable_model_summary=False)
@@ -246,6 +248,7 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
             "train/sentences_per_s": float(sps) if sps is not None else float("nan"),
             "train/peak_mem_mb": float(trainer.callback_metrics.get("train/peak_mem_mb", float("nan"))),
             "train/wall_s": round(time.perf_counter() - start, 2),
+            "train/resumed": resume is not None,
             "status": "ok",
         }
         wandb_run.summary.update(metrics)
