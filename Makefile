@@ -23,10 +23,12 @@ $(STAMP): pyproject.toml
 check: $(STAMP)
 	$(BIN)/python -m repro.check
 
-# Stage processes hand their work to a server that has imported torch/transformers/lightning once
-# (src/repro/warm.py); `make repro-cold` starts every stage from scratch.
+# Independent stages run side by side, one worker per core (src/repro/lanes.py; JOBS=1 for one), and
+# stage processes hand their work to a server that has imported torch/transformers/lightning once
+# (src/repro/warm.py); `make repro-cold` is a plain `dvc repro`, every stage started from scratch.
+JOBS ?= auto
 repro: check
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m repro.warm run -- $(abspath $(BIN))/dvc repro
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m repro.lanes run --jobs $(JOBS)
 
 repro-cold: check
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro

@@ -135,6 +135,36 @@ def expand_dep(dep: str, root: str | Path = ".") -> set[str]:
     return {dep}
 
 
+def as_deps(files: set[str], root: str | Path = ".") -> list[str]:
+    """The closure ``files`` as ``dvc.yaml`` deps: a folder whose every file is in ``files`` stands for them.
+
+    Folders are the largest such ones below ``src/repro`` and ``pipeline`` (caches never count, see
+    :func:`expand_dep`), so a stage that imports most of the package lists a few folders and files
+    instead of some seventy files, and ``dvc.lock`` (which DVC parses and rewrites after every stage)
+    stays small. ``expand_dep`` of the result is exactly ``files``.
+    """
+    root = Path(root)
+    out: list[str] = []
+
+    def visit(folder: Path) -> None:
+        rel = folder.relative_to(root).as_posix()
+        below = expand_dep(rel, root)
+        if below and below <= files and rel not in ("src", "."):
+            out.append(rel)
+            return
+        for child in sorted(folder.iterdir()):
+            child_rel = child.relative_to(root).as_posix()
+            if child.is_dir() and child.name != "__pycache__":
+                if any(f.startswith(child_rel + "/") for f in files):
+                    visit(child)
+            elif child_rel in files:
+                out.append(child_rel)
+
+    for top in sorted({f.split("/")[0] for f in files}):
+        (visit(root / top) if (root / top).is_dir() else out.append(top))
+    return sorted(out)
+
+
 def stage_scripts(dvc_yaml: str | Path = "dvc.yaml") -> dict[str, tuple[str, list[str]]]:
     """``{stage: (script path, declared deps)}`` for every stage of ``dvc.yaml`` (``foreach`` by its template)."""
     stages = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
@@ -162,7 +192,7 @@ def code_dep_drift(root: str | Path = ".") -> dict[str, tuple[set[str], set[str]
 
 
 def rewrite_code_deps(root: str | Path = ".") -> list[str]:
-    """Replace each stage's code deps in ``dvc.yaml`` by its closure (sorted; other deps keep their place).
+    """Replace each stage's code deps in ``dvc.yaml`` by its closure (:func:`as_deps`; other deps keep their place).
 
     Returns:
         The names of the stages whose deps changed.
@@ -185,7 +215,7 @@ def rewrite_code_deps(root: str | Path = ".") -> list[str]:
         elif in_deps and (m := dep_line.match(line)):
             if is_code_dep(m.group(2)):
                 if not inserted:
-                    closure = sorted(import_closure(scripts[stage][0], root))
+                    closure = as_deps(import_closure(scripts[stage][0], root), root)
                     out.extend(f"{m.group(1)}- {f}\n" for f in closure)
                     inserted = True
                     declared = [d for d in scripts[stage][1] if is_code_dep(d)]

@@ -47,10 +47,25 @@ def repro_copy(tmp_path_factory, repo_root):
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "copy"]):
         _run(cmd, dest, env)
-    # as `make repro` runs it: stages handed to the warm server (the second run below is cold)
-    first = _run([sys.executable, "-m", "repro.warm", "run", "--", sys.executable, "-m", "dvc", "repro"], dest, env)
-    assert "no warm start" not in first.stdout + first.stderr
+    # as `make repro` runs it: two workers (one in a copy), stages handed to warm servers (the second run is cold)
+    first = _run([sys.executable, "-m", "repro.lanes", "run", "--jobs", "2"], dest, env)
+    logs = "".join(p.read_text() for p in sorted((dest / ".cache/lanes").glob("worker*.log")))
+    assert "over 2 workers" in first.stdout and "[w0] Running stage" in first.stdout and "[w1] Running stage" in first.stdout
+    assert "no warm start" not in first.stdout + first.stderr + logs
     return dest, env, first
+
+
+def test_parallel_workers_end_as_one_dvc_repro(repro_copy):
+    """What worker 1 ran in its copy is taken from the run-cache here; its W&B runs moved here; copy removed."""
+    dest, env, first = repro_copy
+    assert "is cached - skipping run, checking out outputs" in first.stdout
+    status = _run([sys.executable, "-m", "dvc", "status"], dest, env)
+    assert "up to date" in status.stdout, status.stdout
+    records = sorted(dest.glob("metrics/**/runs/*.json"))
+    assert len(records) >= 40
+    for record in records:  # every stage's W&B run is in this checkout's wandb/
+        assert (dest / json.loads(record.read_text())["offline_dir"]).is_dir(), record
+    assert not (dest / ".cache/lanes/worker1").exists()
 
 
 def test_repro_produces_metrics_plots_and_reports(repro_copy):

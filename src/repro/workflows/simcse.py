@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import ConfigError
-from repro.ckpt_store import code_version, resumable_run_id
+from repro.ckpt_store import code_version, prune_stale_checkpoints, resumable_run_id
 from repro.scale import split_global_batch
 from repro.stages import SimCSEEvalConfig, reuse_or_cache, write_stamp  # noqa: F401 (schema of simcse.eval)
 from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
@@ -209,6 +209,9 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
         tags["variant"] = f"{cfg.ablations.name}/{cfg.ablations.variant}"
     tags.update(ctx.job_tags)  # a sweep job's swept values: each job its own run name
     zero = rank_zero_only.rank == 0  # set from the launcher's env before any Trainer exists
+    if zero:  # the rule LongLoRA's train stage follows (README, "Checkpoint cleanup rule")
+        for stale in prune_stale_checkpoints(paths.ckpt.parent, paths.ckpt, float(cfg.run.ckpt_keep_days)):
+            log.info("removed abandoned checkpoint folder %s (untouched > run.ckpt_keep_days)", stale)
     wandb_run = init_run(cfg, PAPER, "train", make_run_name(PAPER, "train", cfg.run.profile, tags), ctx.group,
                          run_id=resumable_run_id(paths.ckpt)) \
         if zero else None
