@@ -3,6 +3,7 @@
     python benchmarks/bench_repro.py --startup     # start-up of each stage script only (seconds, cheap)
     python benchmarks/bench_repro.py               # every stage, timed one by one, in a temporary copy
     python benchmarks/bench_repro.py --keep DIR    # the same, in DIR (left there for inspection)
+    python benchmarks/bench_repro.py --lanes       # the per-stage table of the last `make repro` (no run)
 
 The full mode copies the working tree (git-tracked and untracked-but-not-ignored files) into a
 temporary folder and runs ``dvc repro --single-item --force <stage>`` for each stage in dependency
@@ -168,6 +169,29 @@ def _script_of(stage: str, scripts: dict) -> str:
     return scripts[stage.split("@")[0]][0]
 
 
+def lanes_table(path: Path) -> None:
+    """The stages of the last ``make repro`` (``repro.lanes`` writes ``stages.tsv``): per stage, then per family."""
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
+    print("| worker | stage | how | start s | wall s |")
+    print("|---|---|---|---:|---:|")
+    for worker, stage, how, start, wall in sorted(rows, key=lambda r: float(r[3])):
+        print(f"| {worker} | `{stage}` | {how} | {float(start):.0f} | {float(wall):.1f} |")
+    families: dict[str, list[float]] = {}
+    for worker, stage, how, _start, wall in rows:
+        if how == "ran" and worker != "last":
+            families.setdefault(re.sub(r"@.*$", "", stage), []).append(float(wall))
+    print("\n| stages | count | wall s (sum) | mean s |")
+    print("|---|---:|---:|---:|")
+    for family, walls in sorted(families.items(), key=lambda kv: -sum(kv[1])):
+        print(f"| `{family}` | {len(walls)} | {sum(walls):.0f} | {sum(walls) / len(walls):.1f} |")
+    busy: dict[str, float] = {}
+    for worker, _stage, _how, _start, wall in rows:
+        busy[worker] = busy.get(worker, 0.0) + float(wall)
+    end = max(float(r[3]) + float(r[4]) for r in rows)
+    print("\n" + "; ".join(f"worker {w}: {b:.0f} s busy" for w, b in busy.items())
+          + f"; {end:.0f} s ({end / 60:.1f} min) from the first stage to the end")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--startup", action="store_true", help="only the start-up table (no stage is run)")
@@ -175,7 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", default=None, help="only stages matching this regex (their inputs must exist)")
     parser.add_argument("--skip-startup", action="store_true", help="no start-up table (the stage table only)")
     parser.add_argument("--warm", action="store_true", help="run the stages under `python -m repro.warm run`")
+    parser.add_argument("--lanes", nargs="?", const=ROOT / ".cache/lanes/stages.tsv", type=Path, default=None,
+                        metavar="TSV", help="print the per-stage table of the last `make repro` (repro.lanes) and exit")
     args = parser.parse_args(argv)
+    if args.lanes:
+        lanes_table(args.lanes)
+        return
 
     startup = [] if args.skip_startup else startup_table()
     print("| script | stages | start-up s | torch s | transformers s | lightning s | all imports s |")

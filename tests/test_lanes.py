@@ -64,6 +64,9 @@ def test_two_workers_leave_the_checkout_as_one_dvc_repro_would(toy_repo):
     assert (root / "join.txt").read_text() == "Aabc1" + "Xxy1"  # c1 = A+a+b+c1, y1 = X+x+y1
     for i in (1, 2, 3):
         assert (root / f"c{i}.txt").read_text() == f"Aabc{i}"
+    timed = [line.split("\t") for line in (root / ".cache/lanes/stages.tsv").read_text().splitlines()[1:]]
+    assert {row[1] for row in timed if row[2] == "ran"} >= {"a", "b", "c1", "c2", "c3", "x", "y1", "y2"}
+    assert all(float(row[4]) >= 0 for row in timed) and timed[-1][0] == "last"
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout
     assert not (root / ".cache/lanes/worker1").exists()

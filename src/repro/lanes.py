@@ -20,7 +20,9 @@ or more:
    worker's folder, with the stages handed to the worker's warm server (:mod:`repro.warm`); DVC
    takes the upstream stages that another worker ran from its run-cache. So every stage's outputs
    and run-cache entry end in the one DVC cache. Each worker's output goes to
-   ``.cache/lanes/worker<i>.log``; stage starts and errors are echoed with the worker's number.
+   ``.cache/lanes/worker<i>.log``; stage starts and errors are echoed with the worker's number, and
+   each stage's wall time goes to ``.cache/lanes/stages.tsv`` (``benchmarks/bench_repro.py --lanes``
+   prints it as a table).
 3. When every batch has succeeded, the copies' W&B offline runs move into this checkout's
    ``wandb/``, and a last ``dvc repro`` here takes every stage another worker ran from the run-cache
    ("Stage ... is cached - skipping run, checking out outputs") and runs the rest. ``dvc.lock``, the
@@ -46,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,7 +208,22 @@ class _Queue:
             self.cond.notify_all()
 
 
-def _worker(index: int, cwd: Path, root: Path, queue: _Queue, dvc_args: list[str]) -> None:
+_STAGE_LINE = re.compile(r"^(?:Running stage '(?P<ran>[^']+)'|Stage '(?P<cached>[^']+)' is cached)")
+
+
+class _Timings:
+    """Wall time of each stage a worker ran (from its "Running stage" line to the next stage or batch end)."""
+
+    def __init__(self, path: Path):
+        self.path, self.start, self.lock = path, time.monotonic(), threading.Lock()
+        path.write_text("worker\tstage\thow\tstart_s\twall_s\n")
+
+    def add(self, worker: int | str, stage: str, how: str, began: float, ended: float) -> None:
+        with self.lock, open(self.path, "a") as f:
+            f.write(f"{worker}\t{stage}\t{how}\t{began - self.start:.1f}\t{ended - began:.1f}\n")
+
+
+def _worker(index: int, cwd: Path, root: Path, queue: _Queue, dvc_args: list[str], timings: _Timings) -> None:
     env = dict(os.environ)
     if cwd != root:  # the copy runs its own code (what its dvc.lock records)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd / "src"), str(cwd), env.get("PYTHONPATH")]))
@@ -216,13 +234,22 @@ def _worker(index: int, cwd: Path, root: Path, queue: _Queue, dvc_args: list[str
             log.flush()
             proc = subprocess.Popen([_dvc(), "repro", *dvc_args, *batch.stages], cwd=cwd, env=warm_env,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+            current = None  # (stage, how, started)
             for line in proc.stdout:
                 log.write(line)
                 log.flush()
                 last = line.rstrip("\n").split("\r")[-1]
                 if _ECHO.match(last):
                     print(f"[w{index}] {last}", flush=True)
-            queue.finish(index, batch, proc.wait())
+                if m := _STAGE_LINE.match(last):
+                    now = time.monotonic()
+                    if current:
+                        timings.add(index, *current, now)
+                    current = (m.group("ran") or m.group("cached"), "ran" if m.group("ran") else "cached", now)
+            code = proc.wait()
+            if current:
+                timings.add(index, *current, time.monotonic())
+            queue.finish(index, batch, code)
 
 
 def _move_wandb_runs(src: Path, dest: Path) -> int:
@@ -275,7 +302,8 @@ def run(root: Path, jobs: int, dvc_args: list[str], batch_size: int = 4) -> int:
     for copy in workers[1:]:
         sync_copy(root, copy, the_plan.upstream_outs)
     queue = _Queue(the_plan.batches)
-    threads = [threading.Thread(target=_worker, args=(i, cwd, root, queue, dvc_args), daemon=True)
+    timings = _Timings(root / LANES_DIR / "stages.tsv")
+    threads = [threading.Thread(target=_worker, args=(i, cwd, root, queue, dvc_args, timings), daemon=True)
                for i, cwd in enumerate(workers)]
     for t in threads:
         t.start()
@@ -293,9 +321,14 @@ def run(root: Path, jobs: int, dvc_args: list[str], batch_size: int = 4) -> int:
     print(f"repro.lanes: batches done ({moved} W&B runs moved to wandb/); dvc repro here takes their stages "
           f"from the run-cache and runs {' '.join(the_plan.rest) or 'nothing else'}", flush=True)
     final = [a for a in dvc_args if a not in _FORCE]  # --force would run every stage again
+    began = time.monotonic()
     code = subprocess.call(_warm_repro([], final), cwd=root)
     if code == 0 and forced and the_plan.rest:
         code = subprocess.call(_warm_repro(the_plan.rest, [*final, "--force", "--single-item"]), cwd=root)
+    timings.add("last", "(last dvc repro: run-cache checkouts, " + (" ".join(the_plan.rest) or "nothing else") + ")",
+                "ran", began, time.monotonic())
+    print(f"repro.lanes: {time.monotonic() - timings.start:.0f} s in all, the last dvc repro "
+          f"{time.monotonic() - began:.0f} s", flush=True)
     if code == 0:
         for copy in workers[1:]:
             shutil.rmtree(copy, ignore_errors=True)
