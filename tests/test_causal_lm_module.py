@@ -20,10 +20,10 @@ from repro.lit.causal_lm import (
     ResumableBlockSampler,
     TrainConfig,
     build_trainer,
-    find_resume_checkpoint,
     fit_resumable,
     warmup_constant_lambda,
 )
+from repro.ckpt_store import find_resume_checkpoint
 from repro.models.longlora import AdapterConfig, ModelConfig, apply_adapter, load_for_context
 
 VOCAB = 96

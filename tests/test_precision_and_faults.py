@@ -18,15 +18,13 @@ from repro.lit.causal_lm import (
     PackedBlocksDataModule,
     TrainConfig,
     build_trainer,
-    checkpoint_is_intact,
-    find_resume_checkpoint,
     fit_resumable,
     resolve_batch,
-    resolve_strategy,
 )
+from repro.ckpt_store import checkpoint_is_intact, find_resume_checkpoint
 from repro.models.longlora import AdapterConfig, ModelConfig, build_longlora_model
 from repro.precision import check_trainable_fp32, merge_in_fp32, upcast_trainable
-from repro.scale import BatchSplitError, split_global_batch
+from repro.scale import BatchSplitError, resolve_strategy, split_global_batch
 
 VOCAB, CONTEXT = 96, 32
 

@@ -209,7 +209,7 @@ def sdpa_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=
 @pytest.mark.parametrize("wrap", [False, True])
 @pytest.mark.parametrize("heads,kv_heads,unshifted", [(4, 2, 2), (9, 3, 4), (4, 2, 0), (4, 2, 4)])
 def test_flash_wrapper_cu_seqlens_match_dense(wrap, heads, kv_heads, unshifted):
-    from repro.models.attention.s2attn import _s2_flash
+    from repro.models.attention.flash_varlen import s2_flash as _s2_flash
 
     q, k, v = qkv(batch=3, heads=heads, kv_heads=kv_heads, seq=32)
     out = _s2_flash(q, k, v, 8, unshifted, wrap, None, 0.0, varlen=sdpa_varlen).transpose(1, 2)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from repro.models.attention.piecewise import head_runs
-from repro.models.attention.s2attn import S2AttnConfig, _s2_flash, compute_dtype, s2_attention
+from repro.models.attention.flash_varlen import s2_flash as _s2_flash
+from repro.models.attention.s2attn import S2AttnConfig, compute_dtype, s2_attention
 from repro.models.attention.traffic import TrafficCounter, attention_traffic
 from test_s2attn import dense_attention, dense_mask, sdpa_varlen
 

@@ -2,7 +2,8 @@
 
 A checkpoint written by other code must not be resumed (it would continue a run whose model, loss or
 data order may have changed), so checkpoint folders are keyed by config *and* :func:`code_version`,
-a digest of the library's own source files. :func:`prune_stale_checkpoints` states the cleanup rule.
+a digest of the library's own source files. :func:`prune_stale_checkpoints` states the cleanup rule, and
+:func:`find_resume_checkpoint` picks the newest intact checkpoint of a folder to resume from.
 """
 
 from __future__ import annotations
@@ -66,3 +67,41 @@ def resumable_run_id(ckpt_dir: Path) -> str:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(value + "\n")
     return value
+
+
+def checkpoint_is_intact(path: str | Path) -> bool:
+    """Whether a Lightning checkpoint file reads back whole: every entry of torch's zip archive passes its CRC."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
+
+
+def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The newest intact checkpoint in ``ckpt_dir`` (``last.ckpt`` first, then the others newest first), else ``None``.
+
+    The others are full training states too: LongLoRA's periodic ``step<N>.ckpt``, SimCSE's best-dev
+    ``best-step=<N>.ckpt``. A truncated or corrupt file (a kill during the write, a full disk) is reported with
+    its path and skipped, so the run falls back to the newest checkpoint that loads, or starts fresh, and says which.
+    """
+    import logging
+
+    log = logging.getLogger("repro")
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return None
+    candidates = [folder / "last.ckpt"] if (folder / "last.ckpt").is_file() else []
+    candidates += sorted((p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"), key=lambda p: p.stat().st_mtime,
+                         reverse=True)
+    for path in candidates:
+        if checkpoint_is_intact(path):
+            if path.name != "last.ckpt" and candidates[0].name == "last.ckpt":
+                log.warning("resuming from %s instead", path)
+            return path
+        log.warning("checkpoint %s is corrupt or truncated; skipping it", path)
+    if candidates:
+        log.warning("no intact checkpoint in %s: training starts fresh", folder)
+    return None

@@ -122,7 +122,8 @@ def check_derived(cfg: DictConfig) -> None:
 def longlora_plan(cfg: DictConfig) -> Plan:
     """The LongLoRA train stage's plan (model built on the meta device with its adapter)."""
     from repro.config import to_dataclass
-    from repro.lit.causal_lm import TrainConfig, resolve_batch, resolve_strategy
+    from repro.lit.causal_lm import TrainConfig, resolve_batch
+    from repro.scale import resolve_strategy
     from repro.models.longlora import AdapterConfig, apply_adapter
 
     train = resolve_batch(to_dataclass(cfg.longlora.train, TrainConfig), _world(cfg))

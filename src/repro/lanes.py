@@ -46,12 +46,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from repro.warm import warm_server
 
 LANES_DIR = Path(".cache") / "lanes"
 _ECHO = re.compile(r"^(Running stage|ERROR|Stage '.*' is cached|Traceback|repro\.warm:)")
@@ -158,27 +158,6 @@ def _dvc() -> str:
     return shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
 
 
-@contextmanager
-def _warm_server(cwd: Path, env: dict[str, str]):
-    """A warm server (:mod:`repro.warm`) for stages run in ``cwd``; yields the environment that uses it."""
-    folder = tempfile.mkdtemp(prefix="repro-lanes-")
-    sock = os.path.join(folder, "sock")
-    server = subprocess.Popen([sys.executable, "-m", "repro.warm", "serve", "--socket", sock, "--ready-line"],
-                              cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        ready = server.stdout.readline().strip() == "ready"
-        if not ready:
-            print("repro.lanes: a warm server did not start; stages start their own processes", file=sys.stderr)
-        yield {**env, "REPRO_WARM_SOCKET": sock} if ready else env
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 class _Queue:
     """Batches handed to workers when their upstream stages are done; stops handing out after a failure."""
 
@@ -228,7 +207,7 @@ def _worker(index: int, cwd: Path, root: Path, queue: _Queue, dvc_args: list[str
     if cwd != root:  # the copy runs its own code (what its dvc.lock records)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd / "src"), str(cwd), env.get("PYTHONPATH")]))
     log_path = root / LANES_DIR / f"worker{index}.log"
-    with open(log_path, "w") as log, _warm_server(cwd, env) as warm_env:
+    with open(log_path, "w") as log, warm_server(cwd, env) as warm_env:
         while (batch := queue.take()) is not None:
             log.write(f"repro.lanes: dvc repro {' '.join(batch.stages)}\n")
             log.flush()

@@ -1,4 +1,4 @@
-"""Scale-out arithmetic shared by both trainers: global batch -> per-device batch and accumulation.
+"""Scale-out shared by both trainers: global batch -> per-device batch and accumulation; the strategy.
 
 Configs state batch sizes *globally*, as the papers do (LongLoRA §4.1: 64 = 1 per device × 8
 accumulation × 8 GPUs; SimCSE Appendix A: 64 unsupervised, 512 supervised). The code derives what
@@ -9,6 +9,7 @@ do not divide.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class BatchSplitError(ValueError):
@@ -70,3 +71,48 @@ def split_global_batch(
             f"which {micro_key or 'the micro batch'}={micro_batch} does not divide"
         )
     return BatchSplit(global_batch, world_size, micro_batch, per_rank // micro_batch)
+
+
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_stage_2", "deepspeed_stage_3")
+
+
+def resolve_strategy(name: str, adapter_mode: str, world_size: int) -> str:
+    """``run.strategy`` with ``auto`` resolved as the reference chooses: one device needs none; LoRA/LoRA+
+    replicate the (frozen) model with DDP (the reference's ZeRO-2 runs keep full weights on every GPU); full
+    fine-tuning shards parameters, gradients and optimizer state with FSDP (the reference's ZeRO-3 config).
+    """
+    if name != "auto":
+        return name
+    if world_size <= 1:
+        return "auto"
+    return "fsdp" if adapter_mode == "full" else "ddp"
+
+
+def build_strategy(name: str, layer_cls: tuple[type, ...] = ()) -> Any:
+    """The Lightning strategy for ``run.strategy``.
+
+    ``ddp`` replicates the model (LoRA/LoRA+, as the reference's ZeRO-2 runs); ``fsdp`` shards parameters,
+    gradients and optimizer state per decoder layer (full fine-tuning of 7B, as the reference's ZeRO-3 config);
+    ``deepspeed_stage_2``/``_3`` are DeepSpeed's ZeRO (the optional ``deepspeed`` extra).
+
+    Raises:
+        ValueError: naming ``run.strategy`` for an unknown name, or when deepspeed is not installed.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"run.strategy={name!r}; expected one of {STRATEGIES}")
+    if name == "auto":
+        return "auto"
+    if name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=False)
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy(auto_wrap_policy=set(layer_cls) or None, state_dict_type="full",
+                            sharding_strategy="FULL_SHARD", use_orig_params=True)
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(f"run.strategy={name} needs DeepSpeed: pip install -e '.[deepspeed]'")
+    return name

@@ -26,6 +26,7 @@ import importlib
 import json
 import os
 import runpy
+import shutil
 import signal
 import socket
 import struct
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 ENV_VAR = "REPRO_WARM_SOCKET"
@@ -217,27 +219,37 @@ def delegate(module: str, argv: list[str]) -> int | None:
     return int(json.loads(line).get("exit", 1))
 
 
-def run_warm(command: list[str]) -> int:
-    """Run ``command`` with a warm server for its stage processes; stop the server afterwards."""
+@contextmanager
+def warm_server(cwd: str | Path | None = None, env: dict[str, str] | None = None):
+    """Start a server for stages run in ``cwd`` (default: here); yield the environment that hands stages to it.
+
+    The server runs with ``env`` (default: this process's); without a server (it did not start) the
+    yielded environment is ``env`` itself and stages start their own processes. Stopped on exit.
+    """
+    env = dict(os.environ if env is None else env)
     folder = tempfile.mkdtemp(prefix="repro-warm-")
     path = os.path.join(folder, "sock")
     server = subprocess.Popen([sys.executable, "-m", "repro.warm", "serve", "--socket", path, "--ready-line"],
-                              stdout=subprocess.PIPE, text=True)
+                              cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
     try:
         if server.stdout.readline().strip() != "ready":
             print("repro.warm: the warm server did not start; stages start their own processes", file=sys.stderr)
-            env = dict(os.environ)
+            yield env
         else:
-            env = {**os.environ, ENV_VAR: path}
-        return subprocess.call(command, env=env)
+            yield {**env, ENV_VAR: path}
     finally:
         server.terminate()
         try:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
-        Path(path).unlink(missing_ok=True)
-        os.rmdir(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_warm(command: list[str]) -> int:
+    """Run ``command`` with a warm server for its stage processes; stop the server afterwards."""
+    with warm_server() as env:
+        return subprocess.call(command, env=env)
 
 
 def main(argv: list[str] | None = None) -> int:

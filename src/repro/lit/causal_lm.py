@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from repro.ckpt_store import find_resume_checkpoint
 from repro.lit.ranks import any_rank
 from repro.models.checkpointing import apply_checkpointing
 from repro.models.chunked_loss import causal_lm_loss
@@ -301,89 +302,6 @@ class PackedBlocksDataModule(L.LightningDataModule):
             num_workers=self.train_cfg.num_workers,
             drop_last=False,
         )
-
-
-def checkpoint_is_intact(path: str | Path) -> bool:
-    """Whether a Lightning checkpoint file reads back whole: every entry of torch's zip archive passes its CRC."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.testzip() is None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return False
-
-
-def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The newest intact checkpoint in ``ckpt_dir`` (``last.ckpt`` first, then the others newest first), else ``None``.
-
-    The others are full training states too: LongLoRA's periodic ``step<N>.ckpt``, SimCSE's best-dev
-    ``best-step=<N>.ckpt``. A truncated or corrupt file (a kill during the write, a full disk) is reported with
-    its path and skipped, so the run falls back to the newest checkpoint that loads, or starts fresh, and says which.
-    """
-    import logging
-
-    log = logging.getLogger("repro")
-    folder = Path(ckpt_dir)
-    if not folder.is_dir():
-        return None
-    candidates = [folder / "last.ckpt"] if (folder / "last.ckpt").is_file() else []
-    candidates += sorted((p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"), key=lambda p: p.stat().st_mtime,
-                         reverse=True)
-    for path in candidates:
-        if checkpoint_is_intact(path):
-            if path.name != "last.ckpt" and candidates[0].name == "last.ckpt":
-                log.warning("resuming from %s instead", path)
-            return path
-        log.warning("checkpoint %s is corrupt or truncated; skipping it", path)
-    if candidates:
-        log.warning("no intact checkpoint in %s: training starts fresh", folder)
-    return None
-
-
-STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_stage_2", "deepspeed_stage_3")
-
-
-def resolve_strategy(name: str, adapter_mode: str, world_size: int) -> str:
-    """``run.strategy`` with ``auto`` resolved as the reference chooses: one device needs none; LoRA/LoRA+
-    replicate the (frozen) model with DDP (the reference's ZeRO-2 runs keep full weights on every GPU); full
-    fine-tuning shards parameters, gradients and optimizer state with FSDP (the reference's ZeRO-3 config).
-    """
-    if name != "auto":
-        return name
-    if world_size <= 1:
-        return "auto"
-    return "fsdp" if adapter_mode == "full" else "ddp"
-
-
-def build_strategy(name: str, layer_cls: tuple[type, ...] = ()) -> Any:
-    """The Lightning strategy for ``run.strategy``.
-
-    ``ddp`` replicates the model (LoRA/LoRA+, as the reference's ZeRO-2 runs); ``fsdp`` shards parameters,
-    gradients and optimizer state per decoder layer (full fine-tuning of 7B, as the reference's ZeRO-3 config);
-    ``deepspeed_stage_2``/``_3`` are DeepSpeed's ZeRO (the optional ``deepspeed`` extra).
-
-    Raises:
-        ValueError: naming ``run.strategy`` for an unknown name, or when deepspeed is not installed.
-    """
-    if name not in STRATEGIES:
-        raise ValueError(f"run.strategy={name!r}; expected one of {STRATEGIES}")
-    if name == "auto":
-        return "auto"
-    if name == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        return DDPStrategy(find_unused_parameters=False)
-    if name == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        return FSDPStrategy(auto_wrap_policy=set(layer_cls) or None, state_dict_type="full",
-                            sharding_strategy="FULL_SHARD", use_orig_params=True)
-    import importlib.util
-
-    if importlib.util.find_spec("deepspeed") is None:
-        raise ValueError(f"run.strategy={name} needs DeepSpeed: pip install -e '.[deepspeed]'")
-    return name
 
 
 def build_trainer(

@@ -228,7 +228,8 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
         trainable_parameter_names,
     )
 
-    from repro.lit.causal_lm import DivergenceError, build_strategy, resolve_batch, resolve_strategy
+    from repro.lit.causal_lm import DivergenceError, resolve_batch
+    from repro.scale import build_strategy, resolve_strategy
     from repro.models.hf_common import torch_dtype
     from repro.precision import merge_in_fp32, upcast_trainable
 

@@ -186,7 +186,8 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
-    from repro.lit.causal_lm import DivergenceError, find_resume_checkpoint
+    from repro.ckpt_store import find_resume_checkpoint
+    from repro.lit.causal_lm import DivergenceError
     from repro.lit.history import HistoryRecorder
     from repro.lit.simcse import SimCSEDataModule, SimCSEModule, build_callbacks, build_trainer_kwargs
     from repro.models.sentence_encoder import build_encoder
