@@ -194,3 +194,25 @@ def test_hydra_yaml_files_match_the_dataclass(name):
     node = OmegaConf.merge(OmegaConf.structured(SimCSEDataConfig), OmegaConf.load(path))
     cfg = build_simcse_data_config(OmegaConf.to_container(node))
     assert cfg.source == name
+
+
+def test_prepared_data_is_byte_identical_across_processes(tmp_path):
+    """Two processes preparing the same config write the same bytes (tokenizer included).
+
+    Each run is its own interpreter, as two `dvc repro` runs are: `tokenizers`' WordPiece trainer gave
+    other token ids in every process (Rust's randomly seeded hash maps), so everything trained on the
+    tokenizer moved from one full rerun to the next.
+    """
+    import subprocess
+    import sys
+
+    cfg = {"n_sentences": 200, "n_triplets": 40, "n_sts_pairs": 30, "train_tokenizer": True, "vocab_size": 300}
+    code = ("import json, sys; from repro.data.simcse_data import prepare_simcse_data; "
+            "prepare_simcse_data(json.loads(sys.argv[1]), sys.argv[2])")
+    outs = [tmp_path / f"run{i}" for i in (1, 2)]
+    for out in outs:
+        subprocess.run([sys.executable, "-c", code, json.dumps(cfg), str(out)], check=True, timeout=300)
+    files = [{p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+             for out in outs]
+    assert files[0].keys() == files[1].keys() and "tokenizer/tokenizer.json" in files[0]
+    assert [k for k in files[0] if files[0][k] != files[1][k]] == []

@@ -136,23 +136,41 @@ def register_configs() -> None:
 
 def train_wordpiece_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2000,
                               lowercase: bool = True, model_max_length: int = 128):
-    """Train a BERT-style WordPiece tokenizer and save it where ``AutoTokenizer`` finds it.
+    """Build a BERT-style WordPiece tokenizer from ``texts`` and save it where ``AutoTokenizer`` finds it.
 
     Same pipeline as ``bert-base-uncased``: BERT normaliser (lower-casing), BERT pre-tokeniser,
     WordPiece with ``##`` continuation, ``[CLS] A [SEP]`` / ``[CLS] A [SEP] B [SEP]`` templates.
+    The vocabulary is the special tokens, every character seen (alone and as a ``##`` continuation, so
+    every word can be spelt), then the most frequent words (ties in alphabetical order) up to
+    ``vocab_size``. It is built here rather than by ``tokenizers``' ``WordPieceTrainer``, whose
+    token ids (and, on ties, tokens) change from one process to the next (Rust's randomly seeded
+    hash maps): the same texts always give the same ``tokenizer.json``, so a rerun of the stage
+    reproduces its output and everything trained on it.
 
     Returns:
         The wrapped ``transformers`` tokenizer (already saved to ``out_dir``).
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                        show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _span in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    alphabet = sorted({ch for word in counts for ch in word})
+    vocab: dict[str, int] = {}
+    for token in [*SPECIAL_TOKENS, *alphabet, *(f"##{ch}" for ch in alphabet)]:
+        vocab.setdefault(token, len(vocab))
+    for word, _n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
