@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run as a script from a checkout without an install
 
+from repro.lanes import copy_tree  # noqa: E402
 from repro.provenance import stage_scripts  # noqa: E402
 
 HEAVY = ("torch", "transformers", "lightning", "wandb", "peft", "datasets")
@@ -97,18 +98,6 @@ def startup_table(root: Path = ROOT) -> list[dict]:
         rows.append({"script": script, "stages": n_stages, "wall_s": wall,
                      **{name: packages.get(name, 0.0) for name in HEAVY[:3]}, "imports_s": imports})
     return rows
-
-
-def copy_tree(src: Path, dest: Path) -> None:
-    """The working tree's files that git tracks or would track (not ignored), copied to ``dest``."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=src,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        target = dest / rel
-        if (src / rel).is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / rel, target)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
 
 
 def stage_order(root: Path) -> list[str]:

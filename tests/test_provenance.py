@@ -67,3 +67,16 @@ def test_every_committed_result_file_is_a_declared_stage_output():
     assert files, "no committed results to check"
     undeclared = [f for f in files if not any(f == o or f.startswith(o.rstrip("/") + "/") for o in outs)]
     assert not undeclared, f"written by a stage but not a declared output: {undeclared}"
+
+
+def test_a_folder_wholly_in_the_closure_is_listed_as_the_folder(mini_repo):
+    from repro.provenance import as_deps, expand_dep
+
+    (mini_repo / "src/repro/a/unused.yaml").unlink()  # now every file of src/repro/a is imported or read
+    (mini_repo / "src/repro/a/__pycache__").mkdir()
+    (mini_repo / "src/repro/a/__pycache__/d.cpython-311.pyc").write_bytes(b"\0")  # caches never count
+    closure = import_closure("pipeline/job.py", mini_repo)
+    deps = as_deps(closure, mini_repo)
+    assert "src/repro/a" in deps and not any(d.startswith("src/repro/a/") for d in deps)
+    assert "src/repro/cli.py" in deps and "src/repro" not in deps  # z.py is not imported: no folder for src/repro
+    assert set().union(*(expand_dep(d, mini_repo) for d in deps)) == closure

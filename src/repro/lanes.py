@@ -118,6 +118,17 @@ def plan(root: Path, batch_size: int = 4, force: bool = False) -> Plan:
     return result
 
 
+def copy_tree(src: Path, dest: Path) -> None:
+    """The working tree's files that git tracks or would track (not ignored), copied to ``dest``, a git repo."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=src,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        if (src / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, dest / rel)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+
+
 def sync_copy(src: Path, dest: Path, outputs: set[str] = frozenset()) -> None:
     """Make ``dest`` a copy of ``src``'s working tree sharing ``src``'s DVC cache; keep ``dest/.cache``.
 
@@ -129,15 +140,9 @@ def sync_copy(src: Path, dest: Path, outputs: set[str] = frozenset()) -> None:
         if entry.name in (".cache", "wandb"):
             continue
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=src,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        if (src / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / rel, dest / rel)
+    copy_tree(src, dest)
     for rel in sorted(outputs):
         _link_tree(src / rel, dest / rel)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     cache = (src / ".dvc" / "cache").resolve()
     (dest / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {cache}\n")
 
