@@ -167,7 +167,7 @@ def lanes_table(path: Path) -> None:
         print(f"| {worker} | `{stage}` | {how} | {float(start):.0f} | {float(wall):.1f} |")
     families: dict[str, list[float]] = {}
     for worker, stage, how, _start, wall in rows:
-        if how == "ran" and worker != "last":
+        if how == "ran" and worker not in ("last", "adopt"):
             families.setdefault(re.sub(r"@.*$", "", stage), []).append(float(wall))
     print("\n| stages | count | wall s (sum) | mean s |")
     print("|---|---:|---:|---:|")

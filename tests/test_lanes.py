@@ -60,13 +60,20 @@ def test_two_workers_leave_the_checkout_as_one_dvc_repro_would(toy_repo):
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[w1] Running stage" in proc.stdout  # the copy did work ...
-    assert "is cached - skipping run, checking out outputs" in proc.stdout  # ... taken here from the run-cache
+    adopted = int(proc.stdout.split(" stages adopted from the copies")[0].rsplit(" ", 1)[-1])
+    assert adopted >= 1  # ... taken here: outputs and lock entries, not run again
+    assert "is cached - skipping run" not in proc.stdout.split("stages adopted")[1]
+    assert "Running stage 'join'" in proc.stdout
     assert (root / "join.txt").read_text() == "Aabc1" + "Xxy1"  # c1 = A+a+b+c1, y1 = X+x+y1
     for i in (1, 2, 3):
         assert (root / f"c{i}.txt").read_text() == f"Aabc{i}"
     timed = [line.split("\t") for line in (root / ".cache/lanes/stages.tsv").read_text().splitlines()[1:]]
     assert {row[1] for row in timed if row[2] == "ran"} >= {"a", "b", "c1", "c2", "c3", "x", "y1", "y2"}
     assert all(float(row[4]) >= 0 for row in timed) and timed[-1][0] == "last"
+    ran_by = {row[1]: row[0] for row in timed if row[2] == "ran" and row[0] in ("0", "1")}
+    assert sum(1 for w in ran_by.values() if w == "1") == adopted
+    last_run = proc.stdout.split("stages adopted")[1]
+    assert all(f"Running stage '{s}'" not in last_run for s in ran_by), last_run  # nothing ran twice
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout
     assert not (root / ".cache/lanes/worker1").exists()

@@ -9,6 +9,7 @@ documents, which the reference stores as a uint16 token file for sliding-window 
 
     tokenizer/            the tokenizer (AutoTokenizer-loadable) + repro_fingerprint.json
     train.npy             [N, context_length] packed blocks
+    base_train.npy        [N', original_context] packed blocks for pretraining a base (``base_blocks``)
     eval/<name>.npy       1-D token stream per evaluation set
     <array>.npy.json      sidecar: sha256 of the file bytes, dtype, shape, token count, config fingerprint
 
@@ -285,6 +286,7 @@ class PreparedLMData:
     num_train_blocks: int
     eval_tokens: dict[str, int]
     reused: dict[str, bool]
+    base_train_path: Optional[Path] = None
 
     def to_dict(self) -> dict:
         """JSON-friendly form (paths as strings) for a metrics or summary file."""
@@ -298,6 +300,7 @@ def prepare_lm_data(
     base_dir: Optional[Path] = None,
     model_name_or_path: Optional[str] = None,
     model_gguf_file: Optional[str] = None,
+    base_blocks: Optional[tuple[int, int]] = None,
 ) -> PreparedLMData:
     """Build (or reuse) the tokenizer, the packed training blocks and the evaluation streams.
 
@@ -309,6 +312,11 @@ def prepare_lm_data(
         base_dir: folder against which relative local paths resolve (default: cwd, the repo root).
         model_name_or_path: the model's path, for ``tokenizer.kind='pretrained'`` with null ``name_or_path``.
         model_gguf_file: the model's GGUF file inside ``model_name_or_path``.
+        base_blocks: ``(original_context, max_tokens)``: also write ``base_train.npy``, the training source
+            packed at the base model's original context and capped at ``max_tokens``, for pretraining a
+            model that has no checkpoint (the tiny profile). It depends on the source, the tokenizer and
+            these two numbers only, not on the fine-tuning context or schedule, so every fine-tuning
+            context starts from the same base (LongLoRA Table 3 extends one Llama-2).
 
     Raises:
         ValueError: too few tokens (available vs needed, source named), a bad eval-set name, a corrupt cache.
@@ -348,6 +356,22 @@ def prepare_lm_data(
         "tokenizer": tok_fp, "source": source_identity(cfg.train, base_dir),
         "max_train_tokens": cfg.max_train_tokens, "context_length": context_length,
     })
+    base_path = None
+    if base_blocks is not None:
+        base_context, base_max = (int(x) for x in base_blocks)
+
+        def pack_base() -> np.ndarray:
+            lists = tokenize_documents(build_source(cfg.train, base_dir), tokenizer, base_max)
+            try:
+                return pack_documents(lists, base_context, tokenizer.eos_token_id, base_max, dtype)
+            except ValueError as exc:
+                raise ValueError(f"base pretraining data (training source kind={cfg.train.kind!r}): {exc}") from None
+
+        base_path = out_dir / "base_train.npy"
+        _reuse_or_build(base_path, pack_base, {
+            "tokenizer": tok_fp, "source": source_identity(cfg.train, base_dir),
+            "max_train_tokens": base_max, "context_length": base_context,
+        })
     eval_paths: dict[str, Path] = {}
     eval_tokens: dict[str, int] = {}
     for name, src in cfg.eval_sets.items():
@@ -375,4 +399,5 @@ def prepare_lm_data(
         num_train_blocks=int(blocks.shape[0]),
         eval_tokens=eval_tokens,
         reused=reused,
+        base_train_path=base_path,
     )

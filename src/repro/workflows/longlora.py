@@ -44,6 +44,30 @@ def _fingerprint(*parts: Any) -> str:
     return content_fingerprint(list(parts), length=12)
 
 
+def base_data_identity(ll: DictConfig) -> list:
+    """What the base model is built from: the training source and tokenizer, never the fine-tuning context.
+
+    The base stands in for the pretrained model LongLoRA starts from (Llama-2 at 4k), which is one model
+    for every target context (Table 3); so a variant that only changes ``longlora.train`` reuses it.
+    """
+    from repro.data.lm_data import LMDataConfig
+    from repro.data.text_sources import source_identity
+
+    return [ll.data.train, ll.data.tokenizer, source_identity(to_dataclass(ll.data, LMDataConfig).train),
+            ll.model.source, ll.model.name_or_path]
+
+
+def base_pretrain_blocks(ll: DictConfig) -> tuple[int, int] | None:
+    """``(original_context, max_tokens)`` of the tiny base's pretraining data; ``None`` for a pretrained model.
+
+    At most one pass of ``pretrain_steps x batch_size`` blocks (less when the source is smaller: then epochs).
+    """
+    if ll.model.source != "tiny":
+        return None
+    context = int(ll.model.original_context)
+    return context, int(ll.base.pretrain_steps) * int(ll.base.batch_size) * context
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where each stage reads and writes."""
@@ -62,8 +86,8 @@ class Paths:
     def of(cls, cfg: DictConfig, ctx: StageContext) -> "Paths":
         ll = cfg.longlora
         data_fp = _fingerprint(ll.data, _data_identity(ll.data), ll.train.context_length, ll.model.source,
-                               ll.model.name_or_path)
-        base_fp = _fingerprint(data_fp, ll.model, ll.base, cfg.seed)
+                               ll.model.name_or_path, base_pretrain_blocks(ll))
+        base_fp = _fingerprint(base_data_identity(ll), ll.model, ll.base, cfg.seed)
         run_fp = _fingerprint(base_fp, ll.attention, ll.adapter, ll.train, cfg.seed, code_version(),
                               int(cfg.run.devices) * int(cfg.run.num_nodes))
         data = Path(cfg.run.data_dir) / "longlora"
@@ -122,7 +146,7 @@ def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
                                                     data_cfg.train_token_margin)
     prepared = prepare_lm_data(
         data_cfg, paths.data, int(ll.train.context_length),
-        model_name_or_path=model_path, model_gguf_file=gguf_file,
+        model_name_or_path=model_path, model_gguf_file=gguf_file, base_blocks=base_pretrain_blocks(ll),
     )
     write_stamp(paths.data, paths.data_fp)
     log.info("prepared LongLoRA data in %s: %s", paths.data, prepared.to_dict())
@@ -132,33 +156,22 @@ def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
 # --- base model -----------------------------------------------------------------------------------
 
 
-class _Reblocked(torch.utils.data.Dataset):
-    """Training blocks cut to a shorter context: [N, T] → [N·T/t, t] (pretraining the tiny base)."""
-
-    def __init__(self, blocks: np.ndarray, context: int):
-        if blocks.shape[1] % context:
-            raise ValueError(f"training context {blocks.shape[1]} is not a multiple of original_context {context}")
-        self.blocks = np.ascontiguousarray(blocks).reshape(-1, context)  # (N·T/t, t)
-
-    def __len__(self) -> int:
-        return self.blocks.shape[0]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ids = torch.from_numpy(self.blocks[i].astype(np.int64))
-        return {"input_ids": ids, "labels": ids}
-
-
 def build_base(cfg: DictConfig, ctx: StageContext) -> Path:
     """Materialise the base model folder (pretraining the tiny model from scratch when needed)."""
     from repro.lit.causal_lm import CausalLMModule, PackedBlocksDataModule, TrainConfig, build_trainer, fit_resumable
+    from repro.data.packed import PackedBlocks
     from repro.models.longlora import ModelConfig, build_base_model, materialize_base
-    from repro.data.lm_data import load_array
     from transformers import AutoTokenizer
 
     ll = cfg.longlora
     paths = Paths.of(cfg, ctx)
     model_cfg = to_dataclass(ll.model, ModelConfig)
     if ctx.sweep and (paths.base / STAMP).is_file():
+        if model_cfg.source == "tiny":  # a reused base must speak the data's tokens
+            ours, theirs = (AutoTokenizer.from_pretrained(p).get_vocab() for p in (paths.data / "tokenizer", paths.base))
+            if ours != theirs:
+                raise ValueError(f"the base model in {paths.base} has another vocabulary than {paths.data / 'tokenizer'}; "
+                                 f"delete {paths.base} and rerun")
         return paths.base
     if model_cfg.source != "tiny":
         materialize_base(model_cfg, paths.base)
@@ -174,7 +187,10 @@ def build_base(cfg: DictConfig, ctx: StageContext) -> Path:
         log_every_n_steps=10, ckpt_every_n_steps=max(base_cfg.pretrain_steps // 4, 1),
         precision=ll.train.precision,
     )
-    dataset = _Reblocked(load_array(paths.data / "train.npy"), model_cfg.original_context)
+    base_data = paths.data / "base_train.npy"
+    if not base_data.is_file():
+        raise FileNotFoundError(f"no base pretraining data {base_data}; run the longlora_prepare stage first")
+    dataset = PackedBlocks(base_data)  # the training source at original_context (base_pretrain_blocks)
     run = init_run(cfg, PAPER, "base", make_run_name(PAPER, "base", cfg.run.profile, {"ctx": train_cfg.context_length}),
                    ctx.group)
     try:

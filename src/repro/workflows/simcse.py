@@ -187,7 +187,7 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     from lightning.pytorch.utilities import rank_zero_only
 
     from repro.ckpt_store import find_resume_checkpoint
-    from repro.lit.causal_lm import DivergenceError
+    from repro.lit.causal_lm import DivergenceError, progress_bar_wanted
     from repro.lit.history import HistoryRecorder
     from repro.lit.simcse import SimCSEDataModule, SimCSEModule, build_callbacks, build_trainer_kwargs
     from repro.models.sentence_encoder import build_encoder
@@ -225,7 +225,7 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
         trainer = L.Trainer(**build_trainer_kwargs(train_cfg), callbacks=[recorder, *callbacks],
                             logger=WandbLogger(experiment=wandb_run) if wandb_run is not None else False,
                             accelerator=cfg.run.accelerator, devices=cfg.run.devices, num_nodes=cfg.run.num_nodes,
-                            strategy=cfg.run.strategy, enable_progress_bar=True, enable_model_summary=False)
+                            strategy=cfg.run.strategy, enable_progress_bar=progress_bar_wanted(), enable_model_summary=False)
         resume = find_resume_checkpoint(paths.ckpt)  # the newest intact checkpoint (corrupt ones are skipped)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
