@@ -179,6 +179,41 @@ def lanes_table(path: Path) -> None:
     end = max(float(r[3]) + float(r[4]) for r in rows)
     print("\n" + "; ".join(f"worker {w}: {b:.0f} s busy" for w, b in busy.items())
           + f"; {end:.0f} s ({end / 60:.1f} min) from the first stage to the end")
+    training_table(path.parents[2] if path.is_relative_to(ROOT) else ROOT)
+
+
+def training_table(root: Path) -> None:
+    """The trainings inside those stages, from the metrics files they wrote (``train/wall_s``: the fit alone)."""
+    import json
+
+    import yaml
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    rows: dict[str, list[float]] = {}
+
+    def add(family: str, seconds: float, count: int = 1) -> None:
+        got = rows.setdefault(family, [0.0, 0])
+        got[0] += seconds * count
+        got[1] += count
+
+    for name in ("longlora/train.json", "simcse/train_unsup.json", "simcse/train_sup.json"):
+        if (f := root / "metrics" / name).is_file() and "train/wall_s" in (m := json.loads(f.read_text())):
+            add("main trainings (longlora_train, simcse_train)", float(m["train/wall_s"]))
+    for f in sorted((root / "metrics" / "ablations").glob("*/*.json")):
+        m, ablation = json.loads(f.read_text()), f.parent.name
+        if "train/wall_s" in m:
+            seeds = len(params.get("ablations", {}).get(ablation, {}).get("seeds") or [1])
+            add(f"ablate_{ablation}", float(m["train/wall_s"]), seeds)
+    if not rows:
+        return
+    print("\n| trainings (fit only, from metrics/) | runs | s (sum) |")
+    print("|---|---:|---:|")
+    for family, (seconds, count) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
+        print(f"| `{family}` | {count} | {seconds:.0f} |")
+    total = sum(v[0] for v in rows.values())
+    print(f"| all | {sum(v[1] for v in rows.values())} | {total:.0f} |")
+    print(f"\nOn {os.cpu_count()} cores these fits alone need {total / (os.cpu_count() or 1):.0f} s "
+          "(the tiny base's pretraining, evaluation and DVC's own work come on top).")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,7 +49,7 @@ def test_rewrite_replaces_code_deps_and_keeps_data_deps(mini_repo):
     assert rewrite_code_deps(mini_repo) == ["job"]
     assert code_dep_drift(mini_repo) == {}
     deps = stage_scripts(mini_repo / "dvc.yaml")["job"][1]
-    assert "data/in" in deps and "src/repro/z.py" not in deps and "src/repro/a/d.py" in deps
+    assert deps == ["pipeline/__init__.py", "pipeline/job.py", "src/repro", "data/in"]
 
 
 def test_every_stage_lists_exactly_its_import_closure():
@@ -69,14 +69,47 @@ def test_every_committed_result_file_is_a_declared_stage_output():
     assert not undeclared, f"written by a stage but not a declared output: {undeclared}"
 
 
-def test_a_folder_wholly_in_the_closure_is_listed_as_the_folder(mini_repo):
+def test_the_package_is_one_folder_dep_and_dvcignored_tools_are_never_hashed(mini_repo):
     from repro.provenance import as_deps, expand_dep
 
-    (mini_repo / "src/repro/a/unused.yaml").unlink()  # now every file of src/repro/a is imported or read
     (mini_repo / "src/repro/a/__pycache__").mkdir()
     (mini_repo / "src/repro/a/__pycache__/d.cpython-311.pyc").write_bytes(b"\0")  # caches never count
+    (mini_repo / ".dvcignore").write_text("/.cache/\n__pycache__/\n/src/repro/z.py\n")
     closure = import_closure("pipeline/job.py", mini_repo)
     deps = as_deps(closure, mini_repo)
-    assert "src/repro/a" in deps and not any(d.startswith("src/repro/a/") for d in deps)
-    assert "src/repro/cli.py" in deps and "src/repro" not in deps  # z.py is not imported: no folder for src/repro
-    assert set().union(*(expand_dep(d, mini_repo) for d in deps)) == closure
+    assert deps == ["pipeline/__init__.py", "pipeline/job.py", "src/repro"]
+    held = set().union(*(expand_dep(d, mini_repo) for d in deps))
+    assert held >= closure and held - closure == {"src/repro/a/unused.yaml"}  # z.py: hidden; no cache file
+    (mini_repo / "dvc.yaml").write_text(
+        "stages:\n  job:\n    cmd: python -m pipeline.job --params params.yaml\n    deps:\n"
+        + "".join(f"      - {d}\n" for d in deps))
+    assert code_dep_drift(mini_repo) == {}
+    _write(mini_repo, "pipeline/job.py", "import repro.z\n")  # a stage importing a hidden module: reported
+    assert code_dep_drift(mini_repo)["job"][0] == {"src/repro/z.py"}
+
+
+def test_dvc_hashes_the_package_folder_without_the_dvcignored_tools(tmp_path):
+    """What the one-folder dep relies on: DVC's folder hash skips what .dvcignore names, and only that."""
+    import os
+    import sys
+
+    root = tmp_path / "r"
+    _write(root, "src/repro/core.py", "x = 1\n")
+    _write(root, "src/repro/tool.py", "y = 1\n")
+    _write(root, "dvc.yaml", "stages:\n  s:\n    cmd: python -c \"open('out.txt', 'w').write('o')\"\n"
+                             "    deps:\n      - src/repro\n    outs:\n      - out.txt\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    dvc = [sys.executable, "-m", "dvc"]
+    for cmd in (["git", "init", "-q"], [*dvc, "init", "-q"], [*dvc, "config", "core.analytics", "false"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    (root / ".dvcignore").write_text("/src/repro/tool.py\n")
+    subprocess.run([*dvc, "repro", "-q"], cwd=root, env=env, check=True, capture_output=True)
+
+    def status() -> str:
+        return subprocess.run([*dvc, "status"], cwd=root, env=env, check=True, capture_output=True, text=True).stdout
+
+    assert "up to date" in status()
+    _write(root, "src/repro/tool.py", "y = 2\n")
+    assert "up to date" in status()  # the hidden tool changed: nothing to rerun
+    _write(root, "src/repro/core.py", "x = 2\n")
+    assert "modified:           src/repro" in status()

@@ -175,7 +175,7 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
     else:
         train_metrics = longlora.train(cfg, ctx)
     out.update({k: train_metrics[k] for k in ("train/final_loss", "train/tokens_per_s", "train/trainable_params",
-                                              "train/peak_mem_mb", "train/steps")})
+                                              "train/peak_mem_mb", "train/steps", "train/wall_s")})
     model = AutoModelForCausalLM.from_pretrained(paths.finetuned / "merged", attn_implementation="sdpa",
                                                  dtype=getattr(torch, ll.model.dtype)).to(device).eval()
     for n in lengths:
