@@ -354,18 +354,21 @@ def test_base_pretraining_stream_is_the_source_at_the_original_context_whatever_
     cfg = _tiny_cfg()
     out_a = prepare_lm_data(cfg, tmp_path / "a", context_length=64, base_blocks=(16, 800))
     out_b = prepare_lm_data(cfg, tmp_path / "b", context_length=32, base_blocks=(16, 800))
-    assert out_a.base_train_path == tmp_path / "a" / "base_train.npy"
+    assert out_a.base_train_path == tmp_path / "a" / "pretrain" / "train.npy"
     tok = AutoTokenizer.from_pretrained(tmp_path / "a" / "tokenizer")
     docs = generate_documents(seed=0, num_docs=30)
     joined = _joined([tok(d, add_special_tokens=False)["input_ids"] for d in docs], tok.eos_token_id)[:800]
     expected = np.asarray(joined[: len(joined) // 16 * 16]).reshape(-1, 16)  # the first 800 tokens, in 16-token blocks
-    base_a, base_b = (load_array(p / "base_train.npy") for p in (tmp_path / "a", tmp_path / "b"))
+    base_a, base_b = (load_array(p / "pretrain" / "train.npy") for p in (tmp_path / "a", tmp_path / "b"))
     np.testing.assert_array_equal(base_a, expected)
-    assert (tmp_path / "a" / "base_train.npy").read_bytes() == (tmp_path / "b" / "base_train.npy").read_bytes()
+    assert (tmp_path / "a" / "pretrain" / "train.npy").read_bytes() == (tmp_path / "b" / "pretrain" / "train.npy").read_bytes()
+    assert json.loads((tmp_path / "a" / "pretrain" / "manifest.json").read_text())["pretraining_data"] == {
+        "file": "train.npy", "original_context": 16, "max_tokens": 800}
     assert load_array(tmp_path / "a" / "train.npy").shape[1] == 64  # the fine-tuning blocks do differ
     assert load_array(tmp_path / "b" / "train.npy").shape[1] == 32
-    assert prepare_lm_data(cfg, tmp_path / "c", context_length=64).base_train_path is None
-    assert not (tmp_path / "c" / "base_train.npy").exists()
+    assert prepare_lm_data(cfg, tmp_path / "a", context_length=64).base_train_path is None  # a pretrained base
+    assert not (tmp_path / "a" / "pretrain" / "train.npy").exists()  # ... leaves no stale pretraining data
+    assert json.loads((tmp_path / "a" / "pretrain" / "manifest.json").read_text()) == {"pretraining_data": None}
 
 
 def test_prepare_reuses_the_cache_and_rebuilds_on_fingerprint_change(tmp_path, monkeypatch):

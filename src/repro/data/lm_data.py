@@ -9,7 +9,8 @@ documents, which the reference stores as a uint16 token file for sliding-window 
 
     tokenizer/            the tokenizer (AutoTokenizer-loadable) + repro_fingerprint.json
     train.npy             [N, context_length] packed blocks
-    base_train.npy        [N', original_context] packed blocks for pretraining a base (``base_blocks``)
+    pretrain/manifest.json  what the base model is pretrained on: ``base_blocks``, or null (a pretrained model)
+    pretrain/train.npy    [N', original_context] packed blocks for pretraining a base (``base_blocks``)
     eval/<name>.npy       1-D token stream per evaluation set
     <array>.npy.json      sidecar: sha256 of the file bytes, dtype, shape, token count, config fingerprint
 
@@ -312,11 +313,12 @@ def prepare_lm_data(
         base_dir: folder against which relative local paths resolve (default: cwd, the repo root).
         model_name_or_path: the model's path, for ``tokenizer.kind='pretrained'`` with null ``name_or_path``.
         model_gguf_file: the model's GGUF file inside ``model_name_or_path``.
-        base_blocks: ``(original_context, max_tokens)``: also write ``base_train.npy``, the training source
-            packed at the base model's original context and capped at ``max_tokens``, for pretraining a
-            model that has no checkpoint (the tiny profile). It depends on the source, the tokenizer and
+        base_blocks: ``(original_context, max_tokens)``: also write ``pretrain/train.npy``, the training
+            source packed at the base model's original context and capped at ``max_tokens``, for pretraining
+            a model that has no checkpoint (the tiny profile). It depends on the source, the tokenizer and
             these two numbers only, not on the fine-tuning context or schedule, so every fine-tuning
-            context starts from the same base (LongLoRA Table 3 extends one Llama-2).
+            context starts from the same base (LongLoRA Table 3 extends one Llama-2). ``pretrain/`` (with its
+            ``manifest.json``) is written either way, so the base stage can depend on it alone.
 
     Raises:
         ValueError: too few tokens (available vs needed, source named), a bad eval-set name, a corrupt cache.
@@ -356,8 +358,13 @@ def prepare_lm_data(
         "tokenizer": tok_fp, "source": source_identity(cfg.train, base_dir),
         "max_train_tokens": cfg.max_train_tokens, "context_length": context_length,
     })
+    pretrain_dir = out_dir / "pretrain"
+    pretrain_dir.mkdir(parents=True, exist_ok=True)
     base_path = None
-    if base_blocks is not None:
+    if base_blocks is None:
+        for stale in ("train.npy", "train.npy.json"):
+            (pretrain_dir / stale).unlink(missing_ok=True)
+    else:
         base_context, base_max = (int(x) for x in base_blocks)
 
         def pack_base() -> np.ndarray:
@@ -367,11 +374,16 @@ def prepare_lm_data(
             except ValueError as exc:
                 raise ValueError(f"base pretraining data (training source kind={cfg.train.kind!r}): {exc}") from None
 
-        base_path = out_dir / "base_train.npy"
+        base_path = pretrain_dir / "train.npy"
         _reuse_or_build(base_path, pack_base, {
             "tokenizer": tok_fp, "source": source_identity(cfg.train, base_dir),
             "max_train_tokens": base_max, "context_length": base_context,
         })
+    manifest = {"pretraining_data": None if base_blocks is None else {
+        "file": "train.npy", "original_context": base_blocks[0], "max_tokens": base_blocks[1]}}
+    tmp = pretrain_dir / f".manifest.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, pretrain_dir / "manifest.json")
     eval_paths: dict[str, Path] = {}
     eval_tokens: dict[str, int] = {}
     for name, src in cfg.eval_sets.items():

@@ -187,7 +187,7 @@ def build_base(cfg: DictConfig, ctx: StageContext) -> Path:
         log_every_n_steps=10, ckpt_every_n_steps=max(base_cfg.pretrain_steps // 4, 1),
         precision=ll.train.precision,
     )
-    base_data = paths.data / "base_train.npy"
+    base_data = paths.data / "pretrain" / "train.npy"
     if not base_data.is_file():
         raise FileNotFoundError(f"no base pretraining data {base_data}; run the longlora_prepare stage first")
     dataset = PackedBlocks(base_data)  # the training source at original_context (base_pretrain_blocks)
