@@ -86,6 +86,9 @@ def test_the_package_is_one_folder_dep_and_dvcignored_tools_are_never_hashed(min
     assert code_dep_drift(mini_repo) == {}
     _write(mini_repo, "pipeline/job.py", "import repro.z\n")  # a stage importing a hidden module: reported
     assert code_dep_drift(mini_repo)["job"][0] == {"src/repro/z.py"}
+    (mini_repo / ".dvcignore").write_text("__pycache__/\n/src/repro/[xyz].py\n")  # any DVC pattern counts
+    assert "src/repro/z.py" not in expand_dep("src/repro", mini_repo)
+    assert code_dep_drift(mini_repo)["job"][0] == {"src/repro/z.py"}
 
 
 def test_dvc_hashes_the_package_folder_without_the_dvcignored_tools(tmp_path):

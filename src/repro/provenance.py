@@ -137,24 +137,23 @@ def is_code_dep(dep: str) -> bool:
 PACKAGE_DIR = "src/repro"
 
 
-def dvcignored_files(root: str | Path = ".") -> set[str]:
-    """The files ``.dvcignore`` names by their path from the root (``/src/repro/lanes.py``): hidden from DVC."""
-    path = Path(root) / ".dvcignore"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return {line.strip()[1:] for line in lines
-            if line.strip().startswith("/") and not line.strip().endswith("/") and "*" not in line}
-
-
 def expand_dep(dep: str, root: str | Path = ".") -> set[str]:
-    """A declared dep as the files DVC hashes (a folder: every file below it, caches and ignored files excepted)."""
-    root = Path(root)
+    """A declared dep as the files DVC hashes: a folder is every file below it that ``.dvcignore`` does not hide.
+
+    The ignore rules are DVC's own (:class:`dvc.ignore.DvcIgnoreFilter`), so every pattern the project's
+    ``.dvcignore`` holds (the caches, the tool modules) counts exactly as it does for DVC.
+    """
+    from dvc.fs import LocalFileSystem
+    from dvc.ignore import DvcIgnoreFilter
+
+    root = Path(root).resolve()
     path = root / dep
-    if path.is_dir():
-        hidden = dvcignored_files(root)
-        return {rel for p in path.rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
-                and (rel := p.relative_to(root).as_posix()) not in hidden}
-    return {dep}
+    if not path.is_dir():
+        return {dep}
+    fs = LocalFileSystem()
+    ignore = DvcIgnoreFilter(fs, str(root))
+    return {p.relative_to(root).as_posix() for p in path.rglob("*")
+            if p.is_file() and not ignore.is_ignored_file(str(p))}
 
 
 def as_deps(files: set[str], root: str | Path = ".") -> list[str]:
