@@ -179,7 +179,7 @@ def lanes_table(path: Path) -> None:
     end = max(float(r[3]) + float(r[4]) for r in rows)
     print("\n" + "; ".join(f"worker {w}: {b:.0f} s busy" for w, b in busy.items())
           + f"; {end:.0f} s ({end / 60:.1f} min) from the first stage to the end")
-    training_table(path.parents[2] if path.is_relative_to(ROOT) else ROOT)
+    training_table(ROOT)
 
 
 def training_table(root: Path) -> None:
