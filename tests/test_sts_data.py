@@ -146,7 +146,9 @@ def test_hub_loader_maps_splits_and_rescales(monkeypatch):
     assert task["test"].gold == [0.2, 1.0]
     monkeypatch.setattr(datasets, "load_dataset", lambda repo, split: _FakeDataset([{"sentence1": "a", "score": 1}]))
     with pytest.raises(ValueError, match="lacks column 'sentence2'"):
-        load_sts_hub("sickr")
+        load_sts_hub("sts12")
+    with pytest.raises(ValueError, match="test split only"):
+        load_sts_hub("sickr", splits=("trial",))
 
 
 @pytest.mark.skipif(not (SHARED_STS / "senteval").is_dir(), reason="shared data ../shared/data/sts not present")

@@ -37,7 +37,7 @@ FORMAT_VERSION = 1
 SOURCES = ("synthetic", "local", "hub")
 OBJECTIVES = ("unsup", "sup", "both")
 # SICK-R's trial split is the reference's SICK-R dev set (model selection with --eval_avg_sts);
-# the hub copy (mteb/sickr-sts) has only the test split.
+# the hub path reads SICK-R's test split only (SICK_test_annotated.txt from SimCSE's senteval.tar).
 EVAL_SPLITS = MappingProxyType({"STSBenchmark": ("dev", "test"), "SICKRelatedness": ("trial", "test")})
 HUB_EVAL_SPLITS = MappingProxyType({"STSBenchmark": ("dev", "test"), "SICKRelatedness": ("test",)})
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")

@@ -48,6 +48,8 @@ SPLITS = MappingProxyType({"STSBenchmark": ("train", "dev", "test"),
                            "SICKRelatedness": ("train", "trial", "test")})
 SICK_FILES = MappingProxyType({"train": "SICK_train.txt", "trial": "SICK_trial.txt",
                                "test": "SICK_test_annotated.txt"})
+SICK_TEST_PAIRS = 4927  # SICK_test_annotated.txt (SemEval-2014 task 1 test), as SentEval scores it
+SENTEVAL_REPO, SENTEVAL_ARCHIVE = "princeton-nlp/datasets-for-simcse", "senteval.tar"
 TSV_HEADER = ("score", "sentence1", "sentence2", "source", "line")
 #: Weight of each grammar slot in the synthetic gold score (sums to 5, the STS maximum).
 SLOT_WEIGHTS = MappingProxyType({"subject": 1.5, "adjective": 0.5, "verb": 1.5, "object": 1.0,
@@ -282,7 +284,11 @@ def load_sts_hub(name: str, splits: tuple[str, ...] | None = None,
     Repos: ``mteb/sts12-sts`` … ``mteb/sts16-sts`` (test split, read as one ``test`` subset: no
     subset column is used, so 'mean'/'wmean' coincide with 'all' for hub copies),
     ``sentence-transformers/stsb`` (scores in [0, 1], rescaled ×5) or ``mteb/stsbenchmark-sts``
-    (scores in [0, 5]) for STS-B, and ``mteb/sickr-sts`` (test only) for SICK-R.
+    (scores in [0, 5]) for STS-B. SICK-R is *not* read from ``mteb/sickr-sts``: that repo's only split holds
+    all of SICK (~9.9k pairs, train + trial + test), while SentEval scores ``SICK_test_annotated.txt``
+    (:data:`SICK_TEST_PAIRS` pairs). SICK-R's test split is therefore that file, taken from ``senteval.tar`` of
+    ``princeton-nlp/datasets-for-simcse`` -- the archive SimCSE's ``SentEval/data/downstream/download_dataset.sh``
+    fetches -- and its pair count is checked.
 
     ``local_root``: a folder holding the repos laid out as on the hub (``<root>/mteb/sts12-sts/test.jsonl``
     …); ``datasets.load_dataset`` then reads ``<root>/<repo>`` with the same split names, offline.
@@ -296,9 +302,11 @@ def load_sts_hub(name: str, splits: tuple[str, ...] | None = None,
         repo, wanted = stsb_repo, _splits_for(name, splits)
         scale = 5.0 if stsb_repo == "sentence-transformers/stsb" else 1.0
     else:
-        repo, wanted, scale = "mteb/sickr-sts", _splits_for(name, splits or ("test",)), 1.0
+        wanted = _splits_for(name, splits or ("test",))
         if wanted != ("test",):
-            raise ValueError(f"{repo} only provides the test split, asked for {wanted}")
+            raise ValueError(f"SICK-R from the hub provides the test split only (SentEval's {SICK_FILES['test']}), "
+                             f"asked for {wanted}")
+        return STSTask(name, {"test": load_sick_test_hub(local_root)})
     out = {}
     for split in wanted:
         source = repo
@@ -316,6 +324,42 @@ def load_sts_hub(name: str, splits: tuple[str, ...] | None = None,
             _append(pairs, a, b, _score(str(float(row["score"]) * scale), f"{repo}[{split}] row {i}"))
         out[split] = pairs
     return STSTask(name, out)
+
+
+def load_sick_test_hub(local_root: str | Path | None = None, expected_pairs: int | None = SICK_TEST_PAIRS) -> STSPairs:
+    """SICK-R's test pairs as SentEval scores them: ``SICK/SICK_test_annotated.txt`` from ``senteval.tar``.
+
+    The archive is ``princeton-nlp/datasets-for-simcse``/``senteval.tar`` (what SimCSE's
+    ``download_dataset.sh`` downloads and untars into ``SentEval/data/downstream``); it is fetched with
+    :func:`repro.data.hub_files.hub_dataset_file` (``local_root``: a folder laid out as the hub repo).
+
+    Raises:
+        FileNotFoundError: the archive has no ``SICK/SICK_test_annotated.txt`` member.
+        ValueError: the file does not hold ``expected_pairs`` scored pairs (4,927 in SICK's test split);
+            ``None`` skips the check.
+    """
+    import tarfile
+    import tempfile
+
+    from repro.data.hub_files import hub_dataset_file
+
+    archive = Path(hub_dataset_file(SENTEVAL_REPO, SENTEVAL_ARCHIVE, local_root=local_root))
+    member_name = f"SICK/{SICK_FILES['test']}"
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and
+                   (m.name == member_name or m.name.endswith("/" + member_name))]
+        if not members:
+            raise FileNotFoundError(f"{archive}: no member {member_name!r} (SentEval's SICK-R test file)")
+        data = tar.extractfile(members[0]).read()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "SICK" / SICK_FILES["test"]
+        path.parent.mkdir()
+        path.write_bytes(data)
+        pairs = _read_senteval_split("SICKRelatedness", Path(tmp), "test")
+    if expected_pairs is not None and len(pairs.gold) != expected_pairs:
+        raise ValueError(f"{archive}:{members[0].name} holds {len(pairs.gold)} SICK-R test pairs; SentEval's "
+                         f"SICK_test_annotated has {expected_pairs}")
+    return pairs
 
 
 def _perturb(base: Slots, rng: random.Random, grammar: SyntheticGrammar) -> tuple[Slots, float]:
