@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from repro.losses import info_nce
-from repro.reports.simcse import aggregate_seeds, mean_std, ordering_held
+from repro.reports.simcse import mean_std
+from repro.seeds import aggregate_seeds, ordering_held
 
 
 def test_aggregate_seeds_mean_and_sample_std():

@@ -13,6 +13,7 @@ import math
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +58,64 @@ def verdict(held: bool | None) -> str:
     return MISSING if held is None else ("held" if held else "not held")
 
 
-def hardware() -> str:
-    """One line describing where the numbers were produced."""
-    import torch
+INCONCLUSIVE = "inconclusive at this scale"
 
-    if torch.cuda.is_available():
-        dev = f"{torch.cuda.device_count()}× {torch.cuda.get_device_name(0)}"
-    else:
-        dev = "CPU only"
-    return f"{platform.machine()} {os.cpu_count()} cores, {dev}; torch {torch.__version__}"
+
+@dataclass(frozen=True)
+class Control:
+    """A positive control: a run showing that the setup can exhibit the effect a claim is about.
+
+    Attributes:
+        ok: whether the control exhibits the effect; None when its inputs are missing.
+        evidence: what the control measured (a table cell).
+        reason: why a failed control leaves the claim undecided (shown in the verdict).
+    """
+
+    ok: bool | None
+    evidence: str
+    reason: str = ""
+
+
+def controlled_verdict(held: bool | None, control: Control) -> str:
+    """The verdict of a claim that stands on a positive control.
+
+    'missing' when the claim's inputs are missing; "inconclusive at this scale (<reason>)" when the
+    control is missing or fails (the setup could not have shown the effect, so neither "held" nor
+    "not held" would mean anything); otherwise 'held' / 'not held'.
+    """
+    if held is None:
+        return MISSING
+    if control.ok is None:
+        return f"{INCONCLUSIVE} (control missing)"
+    if not control.ok:
+        return f"{INCONCLUSIVE} ({control.reason or 'the control does not show the effect'})"
+    return verdict(held)
+
+
+CLAIM_HEADER = ("claim (paper)", "our evidence", "positive control", "verdict")
+
+
+def claim_row(claim: str, evidence: str, held: bool | None, control: Control) -> list[str]:
+    """One row of a claims table (:data:`CLAIM_HEADER`): the verdict follows from the control."""
+    return [claim, evidence, control.evidence, controlled_verdict(held, control)]
+
+
+def hardware() -> str:
+    """One line describing the machine the report is built on, without importing torch.
+
+    GPUs are counted from the NVIDIA driver's ``/proc`` entries; the torch version is the installed
+    distribution's (its local label, e.g. ``+cpu``, says which build).
+    """
+    from importlib import metadata
+
+    gpus = Path("/proc/driver/nvidia/gpus")
+    n_gpu = len(list(gpus.iterdir())) if gpus.is_dir() else 0
+    dev = f"{n_gpu}× NVIDIA GPU" if n_gpu else "CPU only"
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return f"{platform.machine()} {os.cpu_count()} cores, {dev}; torch {torch_version}"
 
 
 def save_figure(fig, path: Path) -> str:

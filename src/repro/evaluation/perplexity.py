@@ -45,8 +45,11 @@ class LMEvalConfig:
     """Long-context evaluation settings (``longlora.eval`` in params.yaml).
 
     Attributes:
-        lengths: evaluation lengths for perplexity (LongLoRA Table 3 uses 2048 up to the training
-            context); :func:`eval_lengths` keeps those up to the training context and adds it.
+        lengths: evaluation lengths for perplexity (Table 3's columns: 2048 to 32768);
+            :func:`eval_lengths` keeps those up to the training context and adds it.
+        extend_lengths: perplexity lengths *beyond* the training context, scored with the PI-only
+            extension (§4.2: the fine-tuned model's RoPE interpolated further, no training), reported as
+            a curve of its own (:func:`extension_lengths`).
         stride: sliding-window stride ``S`` (256 in LongLoRA's eval.py).
         batch_size: windows per forward pass.
         max_windows: cap on windows per length; ``0`` means no cap. A cap keeps an evenly spaced,
@@ -61,7 +64,8 @@ class LMEvalConfig:
         passkey_garbage_quantum: filler lengths are rounded down to a multiple of this (1024 there).
     """
 
-    lengths: list[int] = field(default_factory=lambda: [2048, 4096, 8192])
+    lengths: list[int] = field(default_factory=lambda: [2048, 4096, 8192, 16384, 32768])
+    extend_lengths: list[int] = field(default_factory=list)
     stride: int = 256
     batch_size: int = 1
     max_windows: int = 0
@@ -95,6 +99,11 @@ def eval_lengths(cfg: LMEvalConfig, context_length: int) -> list[int]:
     return sorted({int(n) for n in cfg.lengths if int(n) <= context_length} | {int(context_length)})
 
 
+def extension_lengths(cfg: LMEvalConfig, context_length: int) -> list[int]:
+    """Perplexity lengths beyond ``context_length`` (``extend_lengths``), for the PI-only extension."""
+    return sorted({int(n) for n in cfg.extend_lengths if int(n) > context_length})
+
+
 def passkey_max_tokens(cfg: LMEvalConfig, context_length: int) -> int:
     """The last passkey test point: ``passkey_max_tokens`` or, when 0, 1.5 x the training context."""
     return int(cfg.passkey_max_tokens) or (3 * int(context_length)) // 2
@@ -108,7 +117,7 @@ def build_lm_eval_config(cfg: Mapping[str, Any] | LMEvalConfig) -> LMEvalConfig:
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise KeyError(f"unknown key(s) in longlora.eval: {unknown}; expected a subset of {sorted(known)}")
-    kwargs = {k: (list(v) if k == "lengths" else v) for k, v in cfg.items()}
+    kwargs = {k: (list(v) if k in ("lengths", "extend_lengths") else v) for k, v in cfg.items()}
     return LMEvalConfig(**kwargs)
 
 

@@ -16,131 +16,23 @@ their variants the same way (e.g. "the variant trained with full attention").
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from repro.evaluation.references import get_claim, get_table, load_paper_numbers
-from repro.reports.ablation_rows import _same, paper_value, simcse_settings  # noqa: F401  (re-exported)
 from repro.reporting import (
-    MISSING, fmt, hardware, line_figure, md_cell, md_table, read_csv, read_json, save_figure, trajectory_figure, verdict,
+    CLAIM_HEADER, MISSING, fmt, hardware, line_figure, md_cell, md_table, save_figure, trajectory_figure,
+)
+from repro.reports.ablation_claims import CLAIMS
+from repro.reports.ablation_rows import _same, paper_value, simcse_settings
+from repro.reports.controls import Controls
+from repro.reports.results import (
+    DEV, STATUSES, VariantResult, ablation_names, ablation_spec, collect, ctx_of, curve_points, flat_diff, pick,
+    ppl_lengths,
 )
 from repro.tracking import run_link
-
-KINDS = ("longlora", "longlora_steps", "simcse")
-STATUSES = ("ok", "failed", "missing")
-DEV = "train/best_stsb_dev"  # SimCSE's model-selection metric; every ablation table of the paper reports it
-FAR_WORSE_POINTS = 10.0  # "far worse" for the fixed-mask claim (the paper's gap is 38.9 points)
-
-
-@dataclass(frozen=True)
-class VariantResult:
-    """One variant of an ablation as found on disk.
-
-    Attributes:
-        ablation, variant: names from the config.
-        status: ``ok`` | ``failed`` | ``missing`` (no metrics file).
-        metrics: the flat metrics JSON ({} when missing).
-        error: the recorded error of a failed variant (or why its file could not be read).
-        run_info: the W&B run record (:func:`repro.tracking.record_run`), or None.
-        curve: rows of the variant's curve CSV ([] when none).
-        diff: the variant's config diff as a plain dict.
-        config: the root config with the diff merged in (what the variant ran with).
-    """
-
-    ablation: str
-    variant: str
-    status: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    run_info: dict[str, Any] | None = None
-    curve: list[dict[str, str]] = field(default_factory=list)
-    diff: dict[str, Any] = field(default_factory=dict)
-    config: DictConfig | None = None
-
-    def value(self, key: str) -> float | None:
-        """A finite numeric metric of an ``ok`` variant, else None."""
-        v = self.metrics.get(key) if self.status == "ok" else None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return None
-        return float(v)
-
-    @property
-    def status_text(self) -> str:
-        """``ok`` / ``missing`` / ``failed: <error>`` for a table cell."""
-        return md_cell(f"failed: {self.error}") if self.status == "failed" else self.status
-
-
-def ablation_names(cfg: DictConfig) -> list[str]:
-    """The ablations of ``cfg.ablations`` in config order (entries with ``variants``)."""
-    abl = cfg.get("ablations") or {}
-    return [k for k, v in abl.items() if isinstance(v, DictConfig) and "variants" in v]
-
-
-def ablation_spec(cfg: DictConfig, ablation: str) -> DictConfig:
-    """``cfg.ablations[ablation]``; KeyError naming the known ablations, ValueError for a bad kind."""
-    names = ablation_names(cfg)
-    if ablation not in names:
-        raise KeyError(f"unknown ablation {ablation!r}; ablations in the config: {names}")
-    spec = cfg.ablations[ablation]
-    if spec.get("kind") not in KINDS:
-        raise ValueError(f"ablations.{ablation}.kind={spec.get('kind')!r}; expected one of {KINDS}")
-    return spec
-
-
-def variant_config(cfg: DictConfig, diff: Any) -> DictConfig:
-    """The root config with a variant's diff merged in (as the ablation runner does)."""
-    return OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg)), diff or {})
-
-
-def _read_status(path: Path) -> tuple[str, dict[str, Any], str | None]:
-    if not path.is_file():
-        return "missing", {}, None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return "failed", {}, f"unreadable metrics file {path}: {err}"
-    if not isinstance(data, dict):
-        return "failed", {}, f"{path}: expected a JSON object"
-    status = data.get("status")
-    if status == "ok":
-        return "ok", data, None
-    if status == "failed":
-        return "failed", data, str(data.get("error") or "no error message recorded")
-    return "failed", data, f"{path}: 'status' is {status!r}, expected 'ok' or 'failed'"
-
-
-def collect(root: Path, cfg: DictConfig, ablation: str) -> list[VariantResult]:
-    """Every variant of ``ablation`` in config order, with what its files hold (none dropped)."""
-    spec = ablation_spec(cfg, ablation)
-    mdir = Path(root) / cfg.run.metrics_dir / "ablations" / ablation
-    pdir = Path(root) / cfg.run.plots_dir / "ablations" / ablation
-    out = []
-    for variant, diff in spec.variants.items():
-        status, metrics, error = _read_status(mdir / f"{variant}.json")
-        try:
-            run_info = read_json(mdir / "runs" / f"{variant}.json")
-        except json.JSONDecodeError:
-            run_info = None
-        plain = OmegaConf.to_container(diff) if isinstance(diff, DictConfig) else dict(diff or {})
-        out.append(VariantResult(ablation, str(variant), status, metrics, error, run_info,
-                                 read_csv(pdir / f"{variant}.csv"), plain, variant_config(cfg, diff)))
-    return out
-
-
-def flat_diff(diff: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"simcse": {"train": {"temperature": 0.1}}}`` -> ``{"simcse.train.temperature": 0.1}``."""
-    if not isinstance(diff, dict) or not diff:
-        return {prefix: diff} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in diff.items():
-        out.update(flat_diff(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
 
 
 def _diff_text(diff: dict[str, Any]) -> str:
@@ -148,52 +40,28 @@ def _diff_text(diff: dict[str, Any]) -> str:
     return ", ".join(f"`{k.split('.', 1)[-1]}={v}`" for k, v in items.items()) if items else "(base config)"
 
 
-# --- helpers shared by the page and the claim checks ------------------------------------------
+def claims(ablation: str, results: Sequence[VariantResult], spec: DictConfig, controls: Controls) -> list[list[str]]:
+    """Rows of :data:`~repro.reporting.CLAIM_HEADER` for an ablation ([] when it has no claim check).
 
-
-def _pick(results: Sequence[VariantResult], pred: Callable[[VariantResult], bool]) -> VariantResult | None:
-    return next((r for r in results if pred(r)), None)
-
-
-def _ctx(r: VariantResult) -> int:
-    return int(r.config.longlora.train.context_length)
-
-
-def curve_points(r: VariantResult | None, x: str, y: str) -> tuple[list[float], list[float]]:
-    """(xs, ys) of a variant's curve where both cells are filled (an ``ok`` variant only)."""
-    if r is None or r.status != "ok":
-        return [], []
-    pts = [(float(row[x]), float(row[y])) for row in r.curve if row.get(x) not in (None, "") and row.get(y) not in (None, "")]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def _ppl_lengths(r: VariantResult) -> set[int]:
-    return {int(k.split("@", 1)[1]) for k in r.metrics if k.startswith("ppl@") and r.value(k) is not None}
-
-
-def claims(ablation: str, results: Sequence[VariantResult], spec: DictConfig) -> list[list[str]]:
-    """Rows ``[claim, evidence, verdict]`` for an ablation ([] when it has no claim check).
-
-    The checks live in :mod:`repro.reports.ablation_claims`.
+    The checks live in :mod:`repro.reports.ablation_claims`; each stands on a positive control
+    (:mod:`repro.reports.controls`).
     """
-    from repro.reports.ablation_claims import CLAIMS  # noqa: PLC0415  (that module imports this one)
-
     fn = CLAIMS.get(ablation)
-    return fn(results, spec) if fn else []
+    return fn(results, spec, controls) if fn else []
 
 
 # --- the page ---------------------------------------------------------------------------------------
 
 
 def _longlora_table(res: Sequence[VariantResult]) -> str:
-    lengths = sorted(set().union(*(_ppl_lengths(r) for r in res))) or sorted({_ctx(r) for r in res})
-    own = any(r.value(f"ppl_own@{_ctx(r)}") is not None for r in res)
+    lengths = sorted(set().union(*(ppl_lengths(r) for r in res))) or sorted({ctx_of(r) for r in res})
+    own = any(r.value(f"ppl_own@{ctx_of(r)}") is not None for r in res)
     header = ["variant", "config diff", "status", "train ctx", *[f"ppl@{n} (full attn)" for n in lengths],
               *(["ppl@ctx (own pattern)"] if own else []), "passkey@ctx", "trainable params", "tokens/s",
               "peak mem (MB)", "final loss", "W&B"]
     rows = []
     for r in res:
-        c, tp = _ctx(r), r.value("train/trainable_params")
+        c, tp = ctx_of(r), r.value("train/trainable_params")
         rows.append([r.variant, _diff_text(r.diff), r.status_text, c, *[fmt(r.value(f"ppl@{n}")) for n in lengths],
                      *([fmt(r.value(f"ppl_own@{c}"))] if own else []), fmt(r.value(f"passkey@{c}")),
                      fmt(int(tp)) if tp is not None else MISSING, fmt(r.value("train/tokens_per_s"), 0),
@@ -206,7 +74,7 @@ def _longlora_paper_note(spec: DictConfig, res: Sequence[VariantResult]) -> str:
         claim = get_claim("longlora", "finetune_steps_step0")
         paper = claim["values"]["step0_perplexity_s2"]
         rows = [[r.variant, fmt(curve_points(r, "step", "ppl")[1][0] if curve_points(r, "step", "ppl")[1] else None),
-                 fmt(r.value(f"step0/ppl_s2@{_ctx(r)}")), fmt(paper)] for r in res]
+                 fmt(r.value(f"step0/ppl_s2@{ctx_of(r)}")), fmt(paper)] for r in res]
         return (f"Step 0 (Position Interpolation, no fine-tuning) beside the paper ({claim['ref']}, {claim['provenance']}"
                 f" source: {md_cell(claim['statement'])}):\n\n"
                 + md_table(["variant", "step-0 ppl (full attn)", "step-0 ppl (S2-Attn)", "paper step 0 (S2-Attn)"], rows))
@@ -222,17 +90,17 @@ def _longlora_paper_note(spec: DictConfig, res: Sequence[VariantResult]) -> str:
 def _longlora_beside(spec: DictConfig, res: Sequence[VariantResult]) -> str | None:
     """Table 2 / Table 6 rows transcribed in paper_numbers.yaml beside the variant with the same setting."""
     ad, att = (lambda r: r.config.longlora.adapter), (lambda r: r.config.longlora.attention)  # noqa: E731
-    ours = lambda v, key: fmt(v.value(f"{key}@{_ctx(v)}") if v else None)  # noqa: E731
+    ours = lambda v, key: fmt(v.value(f"{key}@{ctx_of(v)}") if v else None)  # noqa: E731
     if "Table 2" in str(spec.ref):
         table = get_table("longlora", "table2_lora_plus")
         match = {"full_ft": lambda r: ad(r).mode == "full", "lora": lambda r: ad(r).mode == "lora" and ad(r).r == 8,
                  "lora_plus": lambda r: ad(r).mode == "lora_plus" and sorted(ad(r).trainable_extra) == ["embed", "norm"]}
-        picked = [(row, _pick(res, match[row["method"]])) for row in table["rows"]]
+        picked = [(row, pick(res, match[row["method"]])) for row in table["rows"]]
         rows = [[row["label"], fmt(row["values"][0]), _name_of(v), ours(v, "ppl")] for row, v in picked]
         header = ["paper row", "paper (PG19 val.)", "our variant", "ours (full attn)"]
     elif "Table 6" in str(spec.ref):
         table = get_table("longlora", "table6_attention_patterns")
-        v = _pick(res, lambda r: att(r).pattern == "s2" and att(r).shift == "heads" and not att(r).wrap)
+        v = pick(res, lambda r: att(r).pattern == "s2" and att(r).shift == "heads" and not att(r).wrap)
         row = table["rows"][0]
         rows = [[row["label"], *map(fmt, row["values"]), _name_of(v), ours(v, "ppl_own"), ours(v, "ppl")]]
         header = ["paper row", "paper (tested S2)", "paper (tested full)", "our variant", "ours (tested S2)",
@@ -257,8 +125,9 @@ def _mean_std(r: VariantResult, key: str) -> str:
 
 def _simcse_table(res: Sequence[VariantResult], spec: DictConfig) -> str:
     table, run = spec.get("paper_table"), spec.get("run", "unsup")
+    delta = table and res and res[0].config.run.profile == "paper"  # a difference means something at paper scale only
     header = ["variant", "config diff", "status", "STS-B dev (best; mean ± std over seeds)",
-              *(["paper row", "paper", "Δ (ours − paper)"] if table else []),
+              *(["paper row", "paper"] if table else []), *(["Δ (ours − paper)"] if delta else []),
               "STS avg", "STS-B test", "SICK-R test", "align", "uniform", "W&B"]
     rows = []
     for r in res:
@@ -266,7 +135,9 @@ def _simcse_table(res: Sequence[VariantResult], spec: DictConfig) -> str:
         if table:
             match = paper_value(str(table), r.config, run)
             ref, val = match if match is not None else (f"no matching row of {table}", None)
-            cells = [ref, fmt(val, 1), fmt(ours - val) if ours is not None and val is not None else MISSING]
+            cells = [ref, fmt(val, 1)]
+            if delta:
+                cells.append(fmt(ours - val) if ours is not None and val is not None else MISSING)
         rows.append([r.variant, _diff_text(r.diff), r.status_text, _mean_std(r, DEV), *cells, fmt(r.value("sts/avg")),
                      fmt(r.value("sts/stsb/test")), fmt(r.value("sts/sickr/test")), fmt(r.value("stsb_test/align"), 3),
                      fmt(r.value("stsb_test/uniform"), 3), run_link(r.run_info)])
@@ -289,7 +160,7 @@ def _figures(name: str, spec: DictConfig, res: Sequence[VariantResult], out_dir:
         picks = (("SimCSE (p=0.1)", lambda v: not s[v]["fixed"] and _same(s[v]["p"], 0.1)),
                  ("no dropout (p=0)", lambda v: not s[v]["fixed"] and s[v]["p"] == 0.0),
                  ("fixed 0.1 (same mask)", lambda v: s[v]["fixed"] and _same(s[v]["p"], 0.1)))
-        series = {label: curve_points(_pick(res, lambda r, f=f: f(r.variant)), "uniform", "align") for label, f in picks}
+        series = {label: curve_points(pick(res, lambda r, f=f: f(r.variant)), "uniform", "align") for label, f in picks}
         series = {k: v for k, v in series.items() if v[0]}
         if series:
             fig = trajectory_figure(series, "uniformity (ℓ_uniform)", "alignment (ℓ_align)",
@@ -315,7 +186,8 @@ def _scale_note(cfg: DictConfig, kind: str) -> str:
         what = (f"LongLoRA model `{cfg.longlora.model.source}`, {cfg.longlora.train.max_steps} steps at context"
                 f" {cfg.longlora.train.context_length}")
     return (f"> Scale: profile **{cfg.run.profile}** ({what}). The paper's values are for its models and data; at"
-            " this scale they are orientation, and the claims test the orderings the paper reports.")
+            " this scale they are orientation, and the claims test the orderings the paper reports, each only where"
+            " its positive control shows that this setup can exhibit the effect.")
 
 
 def section(cfg: DictConfig, root: Path, out_dir: Path, name: str, hw: str) -> list[str]:
@@ -331,9 +203,9 @@ def section(cfg: DictConfig, root: Path, out_dir: Path, name: str, hw: str) -> l
                   " metric); STS avg / test: the 7-task 'all' setting; align/uniform on STS-B test."]
     else:
         lines += [_longlora_table(res), "", _longlora_paper_note(spec, res)]
-    rows = claims(name, res, spec)
+    rows = claims(name, res, spec, Controls(cfg, root))
     lines += ["", f"### Claims checked at the {cfg.run.profile} scale", "",
-              md_table(["claim (paper)", "our evidence", "verdict"], [[md_cell(c) for c in r] for r in rows])
+              md_table(CLAIM_HEADER, [[md_cell(c) for c in r] for r in rows])
               if rows else "No claim check is defined for this ablation."]
     figs = _figures(name, spec, res, out_dir)
     lines += ["", *[f"![{Path(f).stem}]({f})" for f in figs]] if figs else []

@@ -9,34 +9,12 @@ from omegaconf import DictConfig
 
 from repro.evaluation.references import lookup
 from repro.reporting import MISSING, fmt, hardware, line_figure, md_table, read_csv, read_json, save_figure, verdict
+from repro.seeds import aggregate_seeds, ordering_held  # noqa: F401  (the page aggregates what the stages did)
 from repro.tracking import run_link
 from repro.workflows.simcse import run_train_config
 
 COLUMNS = ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr", "avg"]
 TRANSFER = ["MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC", "avg"]
-
-
-def aggregate_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
-    """Per-seed metric dicts → ``key`` (mean), ``key/std`` (sample std, ddof=1; 0 for one seed), ``key/per_seed``.
-
-    Only numeric keys present in every seed's dict are aggregated; ``seeds`` is recorded as ``seeds``.
-    """
-    import math
-
-    keys = [k for k in per_seed[0] if all(isinstance(m.get(k), (int, float)) and not isinstance(m.get(k), bool)
-                                          for m in per_seed)]
-    out: dict[str, Any] = {"seeds": list(seeds)}
-    for key in keys:
-        vals = [float(m[key]) for m in per_seed]
-        mean = sum(vals) / len(vals)
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-        out[key], out[f"{key}/std"], out[f"{key}/per_seed"] = mean, std, vals
-    return out
-
-
-def ordering_held(better: tuple[float, float], worse: tuple[float, float]) -> bool:
-    """Whether ``better`` (mean, std) beats ``worse`` beyond the spread: mean_b − std_b > mean_w + std_w."""
-    return better[0] - better[1] > worse[0] + worse[1]
 
 
 def mean_std(metrics: dict[str, Any], key: str) -> str:

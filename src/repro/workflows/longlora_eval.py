@@ -26,11 +26,18 @@ def eval_device(cfg: DictConfig) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and cfg.run.accelerator != "cpu" else "cpu")
 
 
+# The PI-only extension's model names: curves of their own, never mixed with the models as trained.
+EXTENDED = {"base_pi": "base_pi_extended", "finetuned": "finetuned_pi_extended"}
+
+
 def _eval_models(cfg: DictConfig, paths: Paths, context: int | None = None):
     """The models compared: the base with PI and no fine-tuning (step 0 of Figure 5) and the fine-tuned one.
 
-    ``context`` above the training context loads both with the PI factor for it instead (§4.2's
-    PI-only extension: the fine-tuned 32k model tested to 48k without further training).
+    Without ``context`` (or at the training context) both are evaluated as trained: the base with the PI
+    factor of the training context, the fine-tuned model exactly as merged. A ``context`` beyond the
+    training context loads both with the PI factor for it instead (§4.2's PI-only extension: the fine-tuned
+    32k model tested to 48k without further training), under the names of :data:`EXTENDED`, so those points form separately labelled curves and never stand in for the
+    model as trained.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -39,6 +46,7 @@ def _eval_models(cfg: DictConfig, paths: Paths, context: int | None = None):
     ll = cfg.longlora
     trained, original = int(ll.train.context_length), int(ll.model.original_context)
     context = max(int(context or trained), trained)
+    name = (lambda n: EXTENDED[n]) if context > trained else (lambda n: n)  # noqa: E731
 
     def finetuned():
         config = AutoConfig.from_pretrained(paths.finetuned / "merged")
@@ -49,8 +57,8 @@ def _eval_models(cfg: DictConfig, paths: Paths, context: int | None = None):
         return AutoModelForCausalLM.from_pretrained(paths.finetuned / "merged", config=config,
                                                     attn_implementation="sdpa", dtype=getattr(torch, ll.model.dtype))
 
-    yield "base_pi", lambda: load_for_context(paths.base, context, dtype=ll.model.dtype)
-    yield "finetuned", finetuned
+    yield name("base_pi"), lambda: load_for_context(paths.base, context, dtype=ll.model.dtype)
+    yield name("finetuned"), finetuned
 
 
 def load_eval_streams(data_dir: Path) -> dict[str, torch.Tensor]:
@@ -60,19 +68,45 @@ def load_eval_streams(data_dir: Path) -> dict[str, torch.Tensor]:
     return {p.stem: torch.from_numpy(load_array(p).astype(np.int64)) for p in sorted((data_dir / "eval").glob("*.npy"))}
 
 
+def _perplexity(model, streams, lengths, ppl_eval, model_name: str, metrics: dict, rows: list) -> None:
+    for set_name, tokens in streams.items():
+        for length in lengths:
+            r = ppl_eval.evaluate(model, tokens, length)
+            metrics[f"{model_name}/{set_name}/ppl@{length}"] = r.ppl
+            metrics[f"{model_name}/{set_name}/ppl_newest@{length}"] = r.ppl_newest
+            rows.append({"model": model_name, "eval_set": set_name, "length": length, "attention": "full",
+                         "ppl": r.ppl, "ppl_newest": r.ppl_newest, "windows": r.n_windows,
+                         "tokens_per_s": r.tokens_per_s})
+
+
+def _passkey(model, passkey_eval, points, model_name: str, target: int, metrics: dict, rows: list) -> None:
+    if not points:
+        return
+    pk = passkey_eval.evaluate(model, points)
+    for row in pk.rows():
+        metrics[f"{model_name}/passkey@{row['target']}"] = row["accuracy"]
+        if "accuracy_digits" in row:
+            metrics[f"{model_name}/passkey_digits@{row['target']}"] = row["accuracy_digits"]
+        rows.append({"model": model_name, **row, "beyond_training": row["target"] > target})
+
+
 def evaluate(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
     """Perplexity (eval.py protocol + Press variant) with full attention and with S2-Attn, and passkey.
 
-    Every evaluation set is scored at :func:`~repro.evaluation.perplexity.eval_lengths`; at the
-    training context the fine-tuned model is also tested with its training attention (Table 6's
-    "S2-Attn" column beside the "full attention" one). Passkey runs at the reference's test points up
-    to :func:`~repro.evaluation.perplexity.passkey_max_tokens`, points beyond the training context with
-    the PI-only extension (§4.2, Figure 4).
+    Every evaluation set is scored at :func:`~repro.evaluation.perplexity.eval_lengths` (up to the training
+    context) with the models as trained; at the training context the fine-tuned model is also tested with
+    its training attention (Table 6's "S2-Attn" column beside the "full attention" one). Passkey runs at the
+    reference's test points up to :func:`~repro.evaluation.perplexity.passkey_max_tokens`: points within
+    the training context with the models as trained, points beyond it -- and perplexity at
+    :func:`~repro.evaluation.perplexity.extension_lengths` -- with the PI-only extension to the furthest of
+    them (§4.2, Figure 4), as curves of their own (:data:`EXTENDED`).
     """
     from transformers import AutoTokenizer
 
     from repro.evaluation.passkey import build_passkey_evaluator
-    from repro.evaluation.perplexity import LMEvalConfig, build_perplexity_evaluator, eval_lengths, passkey_max_tokens
+    from repro.evaluation.perplexity import (
+        LMEvalConfig, build_perplexity_evaluator, eval_lengths, extension_lengths, passkey_max_tokens,
+    )
     from repro.models.attention.registry import apply_attention
 
     ll = cfg.longlora
@@ -84,6 +118,9 @@ def evaluate(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
     ppl_eval = build_perplexity_evaluator(eval_cfg)
     passkey_eval = build_passkey_evaluator(tokenizer, eval_cfg)
     points = passkey_eval.points(passkey_max_tokens(eval_cfg, target))
+    inside, beyond = [p for p in points if p <= target], [p for p in points if p > target]
+    ext_lengths = extension_lengths(eval_cfg, target)
+    extension = max(beyond + ext_lengths, default=None)
     device = eval_device(cfg)
     metrics: dict[str, Any] = {}
     ppl_rows, passkey_rows = [], []
@@ -91,14 +128,8 @@ def evaluate(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
     try:
         for model_name, load in _eval_models(cfg, paths):
             model = load().to(device).eval()  # full (SDPA) attention: S2-Attn is a training-time approximation
-            for set_name, tokens in streams.items():
-                for length in eval_lengths(eval_cfg, target):
-                    r = ppl_eval.evaluate(model, tokens, length)
-                    metrics[f"{model_name}/{set_name}/ppl@{length}"] = r.ppl
-                    metrics[f"{model_name}/{set_name}/ppl_newest@{length}"] = r.ppl_newest
-                    ppl_rows.append({"model": model_name, "eval_set": set_name, "length": length, "attention": "full",
-                                     "ppl": r.ppl, "ppl_newest": r.ppl_newest, "windows": r.n_windows,
-                                     "tokens_per_s": r.tokens_per_s})
+            _perplexity(model, streams, eval_lengths(eval_cfg, target), ppl_eval, model_name, metrics, ppl_rows)
+            _passkey(model, passkey_eval, inside, model_name, target, metrics, passkey_rows)
             if ll.attention.pattern != "full":
                 apply_attention(model, OmegaConf.to_container(ll.attention))  # tested with S2-Attn (Table 6)
                 for set_name, tokens in streams.items():
@@ -108,13 +139,13 @@ def evaluate(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
                                      "ppl": r.ppl, "ppl_newest": r.ppl_newest, "windows": r.n_windows,
                                      "tokens_per_s": r.tokens_per_s})
             del model
-        for model_name, load in _eval_models(cfg, paths, max(points, default=target)):
-            model = load().to(device).eval()
-            pk = passkey_eval.evaluate(model, points)
-            for row in pk.rows():
-                metrics[f"{model_name}/passkey@{row['target']}"] = row["accuracy"]
-                passkey_rows.append({"model": model_name, **row, "beyond_training": row["target"] > target})
-            del model
+        if extension is not None:
+            for model_name, load in _eval_models(cfg, paths, extension):
+                model = load().to(device).eval()
+                _perplexity(model, streams, ext_lengths, ppl_eval, model_name, metrics, ppl_rows)
+                _passkey(model, passkey_eval, beyond, model_name, target, metrics, passkey_rows)
+                del model
+        metrics["eval/pi_extension_context"] = extension or target
         for row in ppl_rows:
             run.log({f"eval/{row['model']}/{row['eval_set']}/{row['attention']}/ppl": row["ppl"],
                      "eval/length": row["length"]})

@@ -372,12 +372,12 @@ def run_seeds(cfg: DictConfig, ctx: StageContext, run: str, seeds: list[int]) ->
     """Train + evaluate one run once per seed, in one process; metrics as mean, ``/std`` and ``/per_seed``.
 
     Published reproductions report 1–3 points of seed variance on STS, so an ablation ordering is
-    only "held" when it holds beyond the spread (:func:`repro.reports.simcse.ordering_held`). Each
+    only "held" when it holds beyond the spread (:func:`repro.seeds.ordering_held`). Each
     seed trains in ``<out>/seed<N>/`` (its own checkpoints and W&B run); the data is shared.
     """
     from dataclasses import replace
 
-    from repro.reports.simcse import aggregate_seeds
+    from repro.seeds import aggregate_seeds
 
     if not seeds:
         raise ConfigError("ablation 'seeds' must list at least one seed")
