@@ -216,6 +216,36 @@ def test_flash_wrapper_cu_seqlens_match_dense(wrap, heads, kv_heads, unshifted):
     torch.testing.assert_close(out, dense_attention(q, k, v, dense_mask(heads, 32, 8, unshifted, wrap)))
 
 
+def reference_flash_cu_seqlens(bsz: int, q_len: int, group: int) -> torch.Tensor:
+    """``cu_q_lens`` as LongLoRA's ``forward_flashattn`` builds them for ``bsz * 2`` half-head sequences.
+
+    Sequence ``2b`` holds batch ``b``'s first half of the heads (groups at ``kG``), sequence ``2b + 1`` the
+    shifted half (boundaries at ``kG + G/2``, no roll): the reference's default training path
+    (``fine-tune.py --use_flash_attn True``).
+    """
+    starts = torch.arange(0, 2 * bsz * q_len + 1, q_len, dtype=torch.int32)  # unpad_input's cu_q_lens
+    tmp = torch.arange(0, q_len, group, dtype=torch.int32)
+    tmp = torch.stack([tmp, tmp + group // 2]).repeat(bsz, 1) + starts[:-1].unsqueeze(-1)
+    return torch.cat([tmp, starts[1:].unsqueeze(-1)], dim=-1).view(-1)
+
+
+@pytest.mark.parametrize("heads,seq,group", [(4, 32, 8), (8, 64, 16)])
+def test_leak_free_default_equals_the_reference_flash_path(heads, seq, group):
+    """wrap=False is the reference's flash layout: the same cu_seqlens on packed half-head sequences, in fp64."""
+    q, k, v = qkv(batch=2, heads=heads, kv_heads=heads, seq=seq, dtype=torch.float64)
+    b, h, t, d = q.shape
+    # [B, H, T, D] -> the reference's [B * 2, T, H / 2, D] (first half of the heads, then the shifted half), packed
+    packed = [x.transpose(1, 2).reshape(b, t, 2, h // 2, d).permute(0, 2, 1, 3, 4).reshape(b * 2 * t, h // 2, d)
+              for x in (q, k, v)]
+    out = sdpa_varlen(*packed, reference_flash_cu_seqlens(b, t, group), reference_flash_cu_seqlens(b, t, group),
+                      group, group)
+    ref = out.reshape(b, 2, t, h // 2, d).permute(0, 1, 3, 2, 4).reshape(b, h, t, d)
+    ours = s2_attention(q, k, v, S2AttnConfig(group_size_ratio=group / seq))
+    assert (ours - ref).abs().max().item() <= 1e-15
+    rolled = s2_attention(q, k, v, S2AttnConfig(group_size_ratio=group / seq, wrap=True))
+    assert (rolled - ref).abs().max().item() > 1e-3  # the roll is another layout (the non-flash path)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [S2AttnConfig(backend="flash"), S2AttnConfig(backend="flash", wrap=True),
                                  S2AttnConfig(backend="flash", shift="none")])

@@ -186,9 +186,14 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
         use_full_attention(model)
     tokenizer = AutoTokenizer.from_pretrained(paths.data / "tokenizer")
     passkey_eval = build_passkey_evaluator(tokenizer, eval_cfg)
-    point = max(passkey_eval.points(target), default=None)  # the last reference test point within the context
-    if point is not None:
-        out[f"passkey@{point}"] = passkey_eval.evaluate(model, [point]).accuracy[point]
+    inside = passkey_eval.points(target)  # the reference's test points within the training context
+    # a control ablation scores every point (its passkey control); the others the last point only
+    points = inside if spec.get("passkey_curve", False) else inside[-1:]
+    if points:
+        pk = passkey_eval.evaluate(model, points)
+        for p in points:
+            out[f"passkey@{p}"] = pk.accuracy[p]
+            out[f"passkey_digits@{p}"] = pk.accuracy_digits[p]
     if curve_rows:
         if curve_rows[-1]["step"] != train_metrics["train/steps"]:
             curve_rows.append({"step": train_metrics["train/steps"], "ppl": out[f"ppl@{target}"]})
