@@ -62,8 +62,8 @@ class Controls:
 
     def _control_ppl(self) -> tuple[VariantResult | None, int, float | None, float | None]:
         r = self.longlora_model
-        original = int(self.cfg.longlora.model.original_context)
-        if r is None:
+        original = int(self.cfg.longlora.model.get("original_context") or 0)
+        if r is None or not original:
             return None, original, None, None
         return r, original, r.value(f"ppl@{original}"), r.value(f"ppl@{ctx_of(r)}")
 
@@ -71,7 +71,8 @@ class Controls:
         """Full-attention full fine-tuning has lower perplexity at its training context than at the original one."""
         r, original, short, long = self._control_ppl()
         if r is None or short is None or long is None:
-            why = f"no {LONGLORA_CONTROL} ablation in the config" if r is None else f"{r.variant}: {r.status_text}"
+            why = (f"no {LONGLORA_CONTROL} ablation in the config" if r is None
+                   else f"{r.variant}: {r.status_text}, ppl@{original} {fmt(short)}, ppl@{ctx_of(r)} {fmt(long)}")
             return Control(None, f"full-attention full fine-tuning: {why}")
         evidence = (f"{r.variant} (full attention, full fine-tuning): ppl {fmt(short)} @{original} → "
                     f"{fmt(long)} @{ctx_of(r)}")
@@ -111,7 +112,7 @@ class Controls:
 
     def independent_sts(self) -> Control:
         """The STS evaluation data are not drawn from the generator of the NLI training data."""
-        source = str(self.cfg.simcse.data.source)
+        source = str(self.cfg.simcse.data.get("source", "synthetic"))
         if source == "synthetic":
             return Control(False, "STS and NLI data: both synthetic, from one grammar",
                            "the synthetic STS pairs share the NLI generator's grammar, so supervised training on NLI "
