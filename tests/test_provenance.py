@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.provenance import code_dep_drift, import_closure, rewrite_code_deps, stage_scripts
+from tools.provenance import code_dep_drift, import_closure, rewrite_code_deps, stage_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_rewrite_replaces_code_deps_and_keeps_data_deps(mini_repo):
 
 def test_every_stage_lists_exactly_its_import_closure():
     drift = code_dep_drift(ROOT)
-    assert not drift, "dvc.yaml deps differ from the import closure (fix with `python -m repro.provenance --write`):\n" + \
+    assert not drift, "dvc.yaml deps differ from the import closure (fix with `python -m tools.provenance --write`):\n" + \
         "\n".join(f"{s}: missing {sorted(m)}, not imported {sorted(e)}" for s, (m, e) in drift.items())
 
 
@@ -70,7 +70,7 @@ def test_every_committed_result_file_is_a_declared_stage_output():
 
 
 def test_the_package_is_one_folder_dep_and_dvcignored_tools_are_never_hashed(mini_repo):
-    from repro.provenance import as_deps, expand_dep
+    from tools.provenance import as_deps, expand_dep
 
     (mini_repo / "src/repro/a/__pycache__").mkdir()
     (mini_repo / "src/repro/a/__pycache__/d.cpython-311.pyc").write_bytes(b"\0")  # caches never count
