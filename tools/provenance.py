@@ -1,91 +1,79 @@
-"""Stage code dependencies: the import closure of each pipeline script, checked against ``dvc.yaml``.
+"""The project's code read from its source: the script each DVC stage runs, what it imports, and import circles.
 
-    python -m repro.provenance            # list stages whose code deps differ from their closure
-    python -m repro.provenance --write    # rewrite those deps in dvc.yaml (other deps kept in place)
+A stage's code is its script (``python -m pipeline.<name>`` in ``cmd``, :func:`stage_scripts`) plus every
+project module it can import (:func:`import_closure`): module-level imports, imports inside functions (lazy
+ones run too), ``from repro.x import y`` where ``y`` is a submodule, relative imports, and modules named in
+string constants such as ``"repro.models.longlora:ModelConfig"`` (the schemas that :mod:`repro.config` imports
+with ``importlib``). Every package ``__init__.py`` on the way is included, and so are data files a module names
+by file name next to itself (``paper_numbers.yaml``). ``tests/test_code_deps.py`` checks these files against
+the deps of ``dvc.yaml``, so DVC reruns a stage whenever the code that produced its results changes.
 
-A stage's code is its script (``python -m pipeline.<name>`` in ``cmd``) plus every module of
-``repro`` (and ``pipeline``) it can import: module-level imports, imports inside functions (lazy
-ones run too), ``from repro.x import y`` where ``y`` is a submodule, relative imports, and modules
-named in string constants such as ``"repro.models.longlora:ModelConfig"`` (the schemas that
-:mod:`repro.config` imports with ``importlib``). Every package ``__init__.py`` on the way is
-included, and so are data files a module names by file name next to itself (``paper_numbers.yaml``).
-DVC reruns a stage when any of these change, so the committed results are those of the code
-that produced them.
-
-In ``dvc.yaml`` a stage lists its pipeline scripts and the package folder ``src/repro`` as one dep
-(:func:`as_deps`), not the ~70 files of its closure: DVC parses and rewrites the whole ``dvc.lock``
-after every stage, and a lock of 55 stages × 35 file entries (400 kB) took 2.3 s a write, half that
-with one folder entry each. The folder is a superset of every closure by at most the config tools
-(``repro.check``, ``repro.compose``, ``repro.dryrun``) that only the train stages import, so editing
-those reruns the other stages too. The modules that run beside the pipeline and that no stage imports
-(``repro.lanes``, ``repro.provenance``, ...) are listed in ``.dvcignore``, so DVC does not hash them
-and editing them reruns nothing; a stage that imported one would be reported as missing it.
+:func:`import_graph` and :func:`find_cycles` read the package's imports as a graph (real import statements only,
+module-level and function-level) and report the circles in it (``tests/test_import_graph.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import re
-import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import yaml
 
-PACKAGES = ("repro", "pipeline")
-_MODULE_STRING = re.compile(r"^(?:%s)(?:\.\w+)*(?::\w+)?$" % "|".join(PACKAGES))
+# Top-level packages of the repository and the folder each lives in (``tools`` so that a stage importing a
+# tool shows up in its closure, outside ``src/repro``).
+ROOTS = {"repro": "src", "pipeline": ".", "tools": "."}
+_MODULE_STRING = re.compile(r"^(?:%s)(?:\.\w+)*(?::\w+)?$" % "|".join(ROOTS))
 _CMD_SCRIPT = re.compile(r"python\s+-m\s+(pipeline(?:\.\w+)+)")
-_ROOTS = {"repro": "src", "pipeline": "."}
 
 
-def _module_file(module: str, root: Path) -> Path | None:
-    """The file of a dotted module of :data:`PACKAGES` under ``root`` (a module or a package), else None."""
-    parts = module.split(".")
-    if parts[0] not in PACKAGES:
-        return None
-    base = root / _ROOTS[parts[0]] / Path(*parts)
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+def module_file(module: str, base: Path) -> Path | None:
+    """The file of dotted ``module`` (a module or a package) in the folder ``base`` that holds its top package.
+
+    Args:
+        module: e.g. ``"repro.models.longlora"``.
+        base: the folder holding the top-level package (``src`` for ``repro``).
+
+    Returns:
+        ``base/repro/models/longlora.py`` or ``.../__init__.py`` when it exists, else None.
+    """
+    path = base / Path(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
         if candidate.is_file():
             return candidate
     return None
 
 
-def _module_name(path: Path, root: Path) -> str:
-    rel = path.relative_to(root)
-    if rel.parts[0] == "src":
-        rel = rel.relative_to("src")
-    parts = list(rel.with_suffix("").parts)
+def module_name(path: Path, base: Path) -> str:
+    """The dotted name of the module file ``path`` below ``base`` (a package by its ``__init__.py``)."""
+    parts = list(path.relative_to(base).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _referenced_modules(path: Path, root: Path) -> tuple[set[str], set[Path]]:
-    """Dotted modules a file may import (anywhere in it) and data files it names next to itself."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    package = _module_name(path, root)
-    if path.name != "__init__.py":
-        package = package.rpartition(".")[0]
-    modules: set[str] = set()
-    data: set[Path] = set()
-    siblings = {p.name: p for p in path.parent.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")}
+def imports(tree: ast.AST, module: str, is_package: bool) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """Every import statement of a module, anywhere in it, as ``(imported module, names taken from it)``.
+
+    ``import a.b`` gives ``("a.b", ())``; ``from a.b import c, d`` gives ``("a.b", ("c", "d"))``, where ``c``
+    may be a submodule; relative imports come resolved against ``module``.
+
+    Args:
+        tree: the parsed module.
+        module: its dotted name.
+        is_package: whether it is a package's ``__init__.py`` (relative imports then start at itself).
+    """
+    package = module.split(".") if is_package else module.split(".")[:-1]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
+            for alias in node.names:
+                yield alias.name, ()
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
+                base = package[: len(package) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            modules.add(target)
-            modules.update(f"{target}.{alias.name}" for alias in node.names)  # submodules, if they are
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if _MODULE_STRING.match(node.value):
-                modules.add(node.value.split(":")[0])
-            elif node.value in siblings:
-                data.add(siblings[node.value])
-    return modules, data
+            yield target, tuple(alias.name for alias in node.names if alias.name != "*")
 
 
 def _with_parents(module: str) -> Iterable[str]:
@@ -94,80 +82,69 @@ def _with_parents(module: str) -> Iterable[str]:
         yield ".".join(parts[:i])
 
 
+def _project_file(module: str, root: Path) -> Path | None:
+    top = module.split(".")[0]
+    return module_file(module, root / ROOTS[top]) if top in ROOTS else None
+
+
+def _project_name(path: Path, root: Path) -> str:
+    rel = path.relative_to(root)
+    return module_name(path, root / "src" if rel.parts[0] == "src" else root)
+
+
+def _referenced(path: Path, root: Path) -> tuple[set[str], set[Path]]:
+    """Dotted modules a file may import (anywhere in it, or by string) and data files it names next to itself."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    modules: set[str] = set()
+    for target, names in imports(tree, _project_name(path, root), path.name == "__init__.py"):
+        modules.add(target)
+        modules.update(f"{target}.{name}" for name in names)  # submodules, if they are
+    siblings = {p.name: p for p in path.parent.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")}
+    data: set[Path] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if _MODULE_STRING.match(node.value):
+                modules.add(node.value.split(":")[0])
+            elif node.value in siblings:
+                data.add(siblings[node.value])
+    return modules, data
+
+
 def import_closure(script: str | Path, root: str | Path = ".") -> set[str]:
     """Repo-relative POSIX paths of ``script`` and every project file it can import or read by name.
 
     Args:
         script: the stage script, relative to ``root`` (e.g. ``pipeline/train.py``).
-        root: the repository root (``src/repro`` and ``pipeline/`` below it).
+        root: the repository root (``src/repro``, ``pipeline/`` and ``tools/`` below it).
+
+    Raises:
+        FileNotFoundError: ``script`` does not exist.
     """
     root = Path(root).resolve()
     start = (root / script).resolve()
     if not start.is_file():
         raise FileNotFoundError(f"stage script not found: {script}")
+    todo = [start] + [f for m in _with_parents(_project_name(start, root)) if (f := _project_file(m, root))]
     seen: set[Path] = set()
-    todo = [start]
-    for module in _with_parents(_module_name(start, root)):
-        if (f := _module_file(module, root)) is not None:
-            todo.append(f)
-    files: set[Path] = set()
     while todo:
         path = todo.pop()
         if path in seen:
             continue
         seen.add(path)
-        files.add(path)
         if path.suffix != ".py":
             continue
-        modules, data = _referenced_modules(path, root)
-        files.update(data)
-        for module in modules:
-            for name in _with_parents(module):
-                found = _module_file(name, root)
-                if found is not None and found not in seen:
-                    todo.append(found)
-    return {p.relative_to(root).as_posix() for p in files}
-
-
-def is_code_dep(dep: str) -> bool:
-    """Whether a ``dvc.yaml`` dep is project code (``src/`` or ``pipeline/``) rather than data or models."""
-    return dep.startswith(("src/", "pipeline/")) or dep in ("src", "pipeline")
-
-
-PACKAGE_DIR = "src/repro"
-
-
-def expand_dep(dep: str, root: str | Path = ".") -> set[str]:
-    """A declared dep as the files DVC hashes: a folder is every file below it that ``.dvcignore`` does not hide.
-
-    The ignore rules are DVC's own (:class:`dvc.ignore.DvcIgnoreFilter`), so every pattern the project's
-    ``.dvcignore`` holds (the caches, the tool modules) counts exactly as it does for DVC.
-    """
-    from dvc.fs import LocalFileSystem
-    from dvc.ignore import DvcIgnoreFilter
-
-    root = Path(root).resolve()
-    path = root / dep
-    if not path.is_dir():
-        return {dep}
-    fs = LocalFileSystem()
-    ignore = DvcIgnoreFilter(fs, str(root))
-    return {p.relative_to(root).as_posix() for p in path.rglob("*")
-            if p.is_file() and not ignore.is_ignored_file(str(p))}
-
-
-def as_deps(files: set[str], root: str | Path = ".") -> list[str]:
-    """The closure ``files`` as ``dvc.yaml`` deps: ``src/repro`` for all of the package, other files one by one.
-
-    ``expand_dep`` of the result holds every file of ``files`` (a file ``.dvcignore`` hides cannot be held:
-    :func:`code_dep_drift` reports it), plus the package modules the stage does not import (module doc).
-    """
-    out = {PACKAGE_DIR if f.startswith(PACKAGE_DIR + "/") else f for f in files}
-    return sorted(out)
+        modules, data = _referenced(path, root)
+        seen.update(data)
+        todo.extend(f for m in modules for name in _with_parents(m) if (f := _project_file(name, root)))
+    return {p.relative_to(root).as_posix() for p in seen}
 
 
 def stage_scripts(dvc_yaml: str | Path = "dvc.yaml") -> dict[str, tuple[str, list[str]]]:
-    """``{stage: (script path, declared deps)}`` for every stage of ``dvc.yaml`` (``foreach`` by its template)."""
+    """``{stage: (script path, declared deps)}`` for every stage of ``dvc.yaml`` (``foreach`` by its template).
+
+    Raises:
+        ValueError: a stage's ``cmd`` does not run ``python -m pipeline.<script>``.
+    """
     stages = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
     out = {}
     for name, body in stages.items():
@@ -179,74 +156,97 @@ def stage_scripts(dvc_yaml: str | Path = "dvc.yaml") -> dict[str, tuple[str, lis
     return out
 
 
-def code_dep_drift(root: str | Path = ".") -> dict[str, tuple[set[str], set[str]]]:
-    """Per stage, (closure files that no declared dep holds, declared code deps other than :func:`as_deps`'s).
+def import_graph(base: str | Path, package: str) -> dict[str, set[str]]:
+    """The import graph of ``package`` (in the folder ``base``): ``{module: modules of the package it imports}``.
 
-    A closure file that ``.dvcignore`` hides is always missing: DVC would not rerun the stage when it changes.
+    Edges come from import statements only (module-level and inside functions): ``import a.b`` reaches ``a.b``;
+    ``from a import b`` reaches the submodule ``a.b`` when there is one, else ``a`` itself. A package's
+    ``__init__`` that runs on the way is no edge (importing a submodule of a package being initialised is no
+    circle), nor is a module importing itself.
+
+    Args:
+        base: the folder holding the package (``src`` for ``repro``).
+        package: the top-level package name.
     """
-    root = Path(root)
-    drift = {}
-    for stage, (script, deps) in stage_scripts(root / "dvc.yaml").items():
-        closure = import_closure(script, root)
-        code = [d for d in deps if is_code_dep(d)]
-        declared = set().union(*(expand_dep(d, root) for d in code)) if code else set()
-        missing, extra = closure - declared, set(code) - set(as_deps(closure, root))
-        if missing or extra:
-            drift[stage] = (missing, extra)
-    return drift
-
-
-def rewrite_code_deps(root: str | Path = ".") -> list[str]:
-    """Replace each stage's code deps in ``dvc.yaml`` by its closure (:func:`as_deps`; other deps keep their place).
-
-    Returns:
-        The names of the stages whose deps changed.
-    """
-    root = Path(root)
-    path = root / "dvc.yaml"
-    lines = path.read_text().splitlines(keepends=True)
-    scripts = stage_scripts(path)
-    stage_line = re.compile(r"^  ([A-Za-z_][\w-]*):\s*$")
-    dep_line = re.compile(r"^(\s+)- (\S+)\s*$")
-    out: list[str] = []
-    changed, stage, in_deps, inserted = [], None, False, False
-    for line in lines:
-        if m := stage_line.match(line):
-            stage, in_deps = m.group(1), False
-        elif stage and re.match(r"^\s+deps:\s*$", line):
-            in_deps, inserted = True, False
-            out.append(line)
-            continue
-        elif in_deps and (m := dep_line.match(line)):
-            if is_code_dep(m.group(2)):
-                if not inserted:
-                    closure = as_deps(import_closure(scripts[stage][0], root), root)
-                    out.extend(f"{m.group(1)}- {f}\n" for f in closure)
-                    inserted = True
-                    declared = [d for d in scripts[stage][1] if is_code_dep(d)]
-                    if declared != closure:
-                        changed.append(stage)
+    base = Path(base)
+    graph: dict[str, set[str]] = {}
+    for path in sorted((base / package).rglob("*.py")):
+        name = module_name(path, base)
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        edges = graph.setdefault(name, set())
+        for target, names in imports(tree, name, path.name == "__init__.py"):
+            if target.split(".")[0] != package:
                 continue
-        else:
-            in_deps = False
-        out.append(line)
-    path.write_text("".join(out))
-    return changed
+            subs = [f"{target}.{n}" for n in names if module_file(f"{target}.{n}", base)]
+            whole = [target] if len(subs) < len(names) or not names else []
+            edges.update(m for m in subs + whole if m != name and module_file(m, base))
+    return graph
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="rewrite the code deps of dvc.yaml")
-    parser.add_argument("--root", type=Path, default=Path("."))
-    args = parser.parse_args(argv)
-    if args.write:
-        changed = rewrite_code_deps(args.root)
-        print("rewrote deps of: " + (", ".join(changed) or "(none)"))
-    drift = code_dep_drift(args.root)
-    for stage, (missing, extra) in drift.items():
-        print(f"{stage}: missing {sorted(missing)}; not imported {sorted(extra)}")
-    return 1 if drift else 0
+def find_cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """The import circles of ``graph``: one cycle per strongly connected component of two or more modules.
 
+    Each cycle is a closed path ``[a, b, ..., a]`` that starts at the component's first module in sorted order,
+    found by a breadth-first search inside the component, so it is the shortest circle through that module.
 
-if __name__ == "__main__":
-    sys.exit(main())
+    Args:
+        graph: ``{node: nodes it points to}``; nodes only pointed to are allowed.
+    """
+    nodes = sorted(set(graph) | {m for targets in graph.values() for m in targets})
+    succ = {n: sorted(set(graph.get(n, ()))) for n in nodes}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+    for start in nodes:  # Tarjan's algorithm, iterative (no recursion limit on deep graphs)
+        if start in index:
+            continue
+        work = [(start, iter(succ[start]))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, it = work[-1]
+            nxt = next(it, None)
+            if nxt is not None:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(succ[nxt])))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    components.append(sorted(component))
+    cycles = []
+    for component in sorted(components):
+        members, first = set(component), component[0]
+        parent: dict[str, str] = {}
+        frontier = [first]
+        while frontier and first not in parent:
+            nxt_frontier = []
+            for node in frontier:
+                for m in succ[node]:
+                    if m in members and m not in parent:
+                        parent[m] = node
+                        nxt_frontier.append(m)
+            frontier = nxt_frontier
+        path, node = [first], parent[first]
+        while node != first:
+            path.append(node)
+            node = parent[node]
+        cycles.append([first, *reversed(path[1:]), first])
+    return cycles
