@@ -183,11 +183,8 @@ def import_graph(base: str | Path, package: str) -> dict[str, set[str]]:
     return graph
 
 
-def find_cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
-    """The import circles of ``graph``: one cycle per strongly connected component of two or more modules.
-
-    Each cycle is a closed path ``[a, b, ..., a]`` that starts at the component's first module in sorted order,
-    found by a breadth-first search inside the component, so it is the shortest circle through that module.
+def strongly_connected(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """The strongly connected components of ``graph`` with two or more nodes, each sorted, in sorted order.
 
     Args:
         graph: ``{node: nodes it points to}``; nodes only pointed to are allowed.
@@ -231,19 +228,32 @@ def find_cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
                         break
                 if len(component) > 1:
                     components.append(sorted(component))
+    return sorted(components)
+
+
+def find_cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """The import circles of ``graph``: one per strongly connected component of two or more modules.
+
+    Each cycle is a closed path ``[a, b, ..., a]`` that starts at the component's first module in sorted order,
+    found by a breadth-first search inside the component, so it is a shortest circle through that module (the
+    component may hold more circles: :func:`strongly_connected` lists all of its modules).
+
+    Args:
+        graph: ``{node: nodes it points to}``; nodes only pointed to are allowed.
+    """
     cycles = []
-    for component in sorted(components):
+    for component in strongly_connected(graph):
         members, first = set(component), component[0]
-        parent: dict[str, str] = {}
+        parent: dict[str, str] = {}  # node -> the node it was reached from
         frontier = [first]
         while frontier and first not in parent:
-            nxt_frontier = []
+            reached = []
             for node in frontier:
-                for m in succ[node]:
+                for m in sorted(set(graph.get(node, ()))):
                     if m in members and m not in parent:
                         parent[m] = node
-                        nxt_frontier.append(m)
-            frontier = nxt_frontier
+                        reached.append(m)
+            frontier = reached
         path, node = [first], parent[first]
         while node != first:
             path.append(node)
