@@ -82,4 +82,4 @@ def test_src_repro_has_no_import_circle():
     cycles, components = find_cycles(graph), strongly_connected(graph)
     assert not cycles, f"{len(cycles)} import circle(s) in src/repro:\n" + "\n".join(
         " -> ".join(c) + (f"  (all of: {', '.join(m)})" if len(m) > len(c) - 1 else "")
-        for c, m in zip(cycles, components))
+        for c, m in zip(cycles, components, strict=True))

@@ -59,7 +59,8 @@ def test_closure_of_a_missing_script_raises(mini_repo):
 def test_stage_scripts_reads_cmd_and_deps_of_plain_and_foreach_stages(tmp_path):
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n"
-        "  plain:\n    cmd: python -m pipeline.job --params params.yaml\n    deps:\n      - src/repro\n      - data/in\n"
+        "  plain:\n    cmd: python -m pipeline.job --params params.yaml\n"
+        "    deps:\n      - src/repro\n      - data/in\n"
         "  many:\n    foreach: [a, b]\n    do:\n      cmd: python -m pipeline.sub.run --name ${item}\n"
         "      deps:\n        - pipeline/sub/run.py\n")
     assert stage_scripts(tmp_path / "dvc.yaml") == {

@@ -67,7 +67,8 @@ def varied_keys(spec: DictConfig) -> tuple[str, ...]:
     """Dotted config keys changed by any variant of the ablation, in first-seen order."""
     keys: dict[str, None] = {}
     for diff in spec.variants.values():
-        keys.update(dict.fromkeys(flat_diff(OmegaConf.to_container(diff) if isinstance(diff, DictConfig) else diff or {})))
+        plain = OmegaConf.to_container(diff) if isinstance(diff, DictConfig) else diff or {}
+        keys.update(dict.fromkeys(flat_diff(plain)))
     return tuple(keys)
 
 
@@ -152,8 +153,8 @@ def build_report(plan: DashboardPlan, wr: Any) -> str:
 
 
 def _enable_hint() -> str:
-    return ("To build these reports: pip install wandb-workspaces; log in (wandb login, or WANDB_API_KEY), upload offline"
-            " runs (wandb sync wandb/offline-run-*), then run python -m tools.dashboards without --dry-run.")
+    return ("To build these reports: pip install wandb-workspaces; log in (wandb login, or WANDB_API_KEY), upload"
+            " offline runs (wandb sync wandb/offline-run-*), then run python -m tools.dashboards without --dry-run.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

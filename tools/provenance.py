@@ -24,7 +24,7 @@ import yaml
 # Top-level packages of the repository and the folder each lives in (``tools`` so that a stage importing a
 # tool shows up in its closure, outside ``src/repro``).
 ROOTS = {"repro": "src", "pipeline": ".", "tools": "."}
-_MODULE_STRING = re.compile(r"^(?:%s)(?:\.\w+)*(?::\w+)?$" % "|".join(ROOTS))
+_MODULE_STRING = re.compile(rf"^(?:{'|'.join(ROOTS)})(?:\.\w+)*(?::\w+)?$")
 _CMD_SCRIPT = re.compile(r"python\s+-m\s+(pipeline(?:\.\w+)+)")
 
 

@@ -163,7 +163,7 @@ def run_stage(task: Callable[[DictConfig, StageContext], None] | str) -> None:
         if not params.is_file():
             raise SystemExit(f"params file not found: {params}")
         cfg = validate(OmegaConf.load(params))
-        options = tuple((k[2:], v) for k, v in zip(rest[::2], rest[1::2]))
+        options = tuple((k[2:], v) for k, v in zip(rest[::2], rest[1::2], strict=True))
         _set_threads(cfg)
         ctx = StageContext(Path.cwd(), Path.cwd() / cfg.run.cache_dir, _experiment_group(cfg), False, options)
         task(cfg, ctx)

@@ -258,11 +258,11 @@ class _Entry(torch.autograd.Function):
     input, and with it the whole q/k/v, alive until the backward pass even under activation checkpointing)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, anchor: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, anchor: Tensor) -> Tensor:
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: D102
+    def backward(ctx, grad: Tensor):
         return grad, None
 
 
@@ -280,7 +280,7 @@ def _backward_fn(out: Tensor, leaves: list[Tensor]) -> Callable[[Tensor], tuple[
     out_edge = torch.autograd.graph.get_gradient_edge(out)
     in_edges = [torch.autograd.graph.get_gradient_edge(leaf) for leaf in leaves]
     nexts = node.next_functions
-    fused = len(nexts) >= 3 and all(fn is e for (fn, _), e in zip(nexts, entries)) and \
+    fused = len(nexts) >= 3 and all(fn is e for (fn, _), e in zip(nexts, entries, strict=False)) and \
         all(fn is None for fn, _ in nexts[3:])
 
     def grads(g: Tensor) -> tuple[Tensor, ...]:
@@ -303,7 +303,7 @@ class PiecewiseAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, pieces: tuple[Piece | WrappedPiece, ...]) -> Tensor:  # noqa: D102
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, pieces: tuple[Piece | WrappedPiece, ...]) -> Tensor:
         track = any(ctx.needs_input_grad[:3])
         q, k, v = (token_major(x.detach()) for x in (q, k, v))
         out = q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])  # (B, T, H, D)
@@ -335,7 +335,7 @@ class PiecewiseAttention(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor):  # noqa: D102
+    def backward(ctx, grad_out: Tensor):
         grad_out = token_major(grad_out)
         q_shape, kv_shape = ctx.shapes
         saved = ctx.saved_tensors
@@ -344,7 +344,7 @@ class PiecewiseAttention(torch.autograd.Function):
         written: dict[int, set[tuple[int, int]]] = {}  # key/value head -> query-head runs that wrote it
         # Last piece first: a key/value head shared by the aligned and the shifted heads then gets a wrapped
         # group's two contributions in one pass (written as their sum) and the aligned heads' as one add.
-        for piece, record in reversed(list(zip(ctx.pieces, ctx.grads_of))):
+        for piece, record in reversed(list(zip(ctx.pieces, ctx.grads_of, strict=True))):
             kv_range = range(*piece.kv_heads)
             add = any(written.get(h, set()) - {piece.heads} for h in kv_range)
             if isinstance(piece, WrappedPiece):
