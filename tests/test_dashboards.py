@@ -11,7 +11,7 @@ import types
 import pytest
 from omegaconf import OmegaConf
 
-from repro import dashboards as D
+from tools import dashboards as D
 
 DROPOUT = {"ref": "SimCSE Table 3", "kind": "simcse", "paper_table": "table3_dropout", "variants": {
     "p0": {"simcse": {"encoder": {"dropout": 0.0}}}, "p0_1": {},

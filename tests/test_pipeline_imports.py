@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.provenance import stage_scripts
+from tools.provenance import stage_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "lightning", "wandb", "peft", "datasets")

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from repro.plots_page import build_template, find_chromium, ink_fraction, screenshot, show_plots
+from tools.plots_page import build_template, find_chromium, ink_fraction, screenshot, show_plots
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_committed_template_is_built_from_the_vendored_scripts():
     committed = (ROOT / ".dvc" / "plots" / "offline.html").read_text(encoding="utf-8")
-    assert committed == build_template(ROOT), "stale template: run `python -m repro.plots_page`"
+    assert committed == build_template(ROOT), "stale template: run `python -m tools.plots_page`"
     assert "{plot_divs}" in committed and "{scripts}" not in committed
     assert "cdn.jsdelivr" not in committed and "<script src=" not in committed
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from repro.models.attention.piecewise import head_runs
 from repro.models.attention.flash_varlen import s2_flash as _s2_flash
 from repro.models.attention.s2attn import S2AttnConfig, compute_dtype, s2_attention
-from repro.models.attention.traffic import TrafficCounter, attention_traffic
+from tools.attention_traffic import TrafficCounter, attention_traffic
 from test_s2attn import dense_attention, dense_mask, sdpa_varlen
 
 

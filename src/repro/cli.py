@@ -23,29 +23,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from repro.paths import find_repo_root
+
 log = logging.getLogger("repro")
 
-_PACKAGE_CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout of an editable install
 _SWEEP_SYNTAX = ("range(", "choice(", "glob(", "interval(")
-
-
-def find_repo_root(start: Path | None = None) -> Path:
-    """The project checkout that contains ``start`` (default: the working directory).
-
-    The nearest folder at or above ``start`` holding ``dvc.yaml`` and ``conf/`` (the project's own
-    layout, as DVC runs stages from there); else the nearest git or DVC root; else the checkout this
-    package was installed from. So a second clone sharing one virtual environment reads and writes
-    its own ``conf/``, ``params.yaml`` and ``.cache/``, not the first clone's.
-    """
-    start = (start or Path.cwd()).resolve()
-    chain = [start, *start.parents]
-    for folder in chain:
-        if (folder / "dvc.yaml").is_file() and (folder / "conf").is_dir():
-            return folder
-    for folder in chain:
-        if (folder / ".dvc").is_dir() or (folder / ".git").exists():
-            return folder
-    return _PACKAGE_CHECKOUT
 
 
 REPO_ROOT = find_repo_root()
@@ -181,7 +163,7 @@ def run_stage(task: Callable[[DictConfig, StageContext], None] | str) -> None:
         if not params.is_file():
             raise SystemExit(f"params file not found: {params}")
         cfg = validate(OmegaConf.load(params))
-        options = tuple((k[2:], v) for k, v in zip(rest[::2], rest[1::2]))
+        options = tuple((k[2:], v) for k, v in zip(rest[::2], rest[1::2], strict=True))
         _set_threads(cfg)
         ctx = StageContext(Path.cwd(), Path.cwd() / cfg.run.cache_dir, _experiment_group(cfg), False, options)
         task(cfg, ctx)

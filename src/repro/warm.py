@@ -125,7 +125,7 @@ def serve(path: str | Path, preload: tuple[str, ...] = PRELOAD, ready=None) -> N
     for module in preload:
         importlib.import_module(module)
     code = _code_state()
-    from repro.cli import find_repo_root
+    from repro.paths import find_repo_root
 
     root = find_repo_root()  # what module-level REPO_ROOT values in the preloaded modules hold
     signal.signal(signal.SIGCHLD, lambda *_: _reap())

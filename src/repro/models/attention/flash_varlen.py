@@ -1,8 +1,8 @@
 """S2-Attn on the flash-attn varlen backend (``S2AttnConfig.backend='flash'``; CUDA, the ``gpu`` extra).
 
-The same pieces as the SDPA path (:func:`repro.models.attention.s2attn._plan`), each a flash-attn varlen call
-whose ``cu_seqlens`` cut the packed tokens at the group boundaries. ``flash_attn`` is imported only when a call
-needs it, so this module imports on machines without it.
+The same pieces as the SDPA path (:func:`repro.models.attention.piecewise.plan_pieces`), each a flash-attn
+varlen call whose ``cu_seqlens`` cut the packed tokens at the group boundaries. ``flash_attn`` is imported only
+when a call needs it, so this module imports on machines without it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from repro.models.attention.piecewise import Kernel, PiecewiseAttention, Window, WrappedEnds
-from repro.models.attention.s2attn import _plan
+from repro.models.attention.piecewise import Kernel, PiecewiseAttention, Window, WrappedEnds, plan_pieces
 
 
 def _import_flash_varlen(device: torch.device):
@@ -64,5 +63,5 @@ def s2_flash(q: Tensor, k: Tensor, v: Tensor, group_size: int, h0: int, wrap: bo
         return Kernel(lambda x_q, x_k, x_v: varlen(x_q, x_k, x_v, cu, cu, longest, longest, dropout_p=dropout,
                                                    softmax_scale=scale, causal=True), flat=True)
 
-    pieces = _plan(b, h, k.shape[1], t, g, h0, wrap, kernel_for, flat=True)
+    pieces = plan_pieces(b, h, k.shape[1], t, g, h0, wrap, kernel_for, flat=True)
     return PiecewiseAttention.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pieces)

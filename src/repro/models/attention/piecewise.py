@@ -207,6 +207,45 @@ class Piece:
     kernel: Kernel
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Plans: which kernel call reads which (heads, tokens) window (executed by PiecewiseAttention)
+# ----------------------------------------------------------------------------------------------------------------
+def _shifted_windows(b: int, t: int, g: int, wrap: bool, flat: bool) -> list[Window | WrappedEnds]:
+    """Token windows of the shifted heads (boundaries at G/2 + kG), per sample where they cannot span samples."""
+    half, n = g // 2, t // g
+    if flat and not wrap:  # flash varlen: every token in one call, the cut lives in cu_seqlens
+        return [Window(0, 1, b * t, b * t)]
+    interior = [Window(r * t + half, 1 if flat else n - 1, g, t - g if flat else g) for r in range(b)] if n > 1 else []
+    if wrap:  # the reference's roll: (last half-group, first half-group) of each sample form one group
+        return interior + [WrappedEnds(Window(t - half, b, t, half), Window(0, b, t, half))]
+    return interior + [Window(r * t, 2, t - half, half) for r in range(b)]  # the two half-groups, one call
+
+
+def plan_pieces(b: int, h: int, hk: int, t: int, g: int, h0: int, wrap: bool,
+                kernel_for: Callable[[Window | WrappedEnds, bool], Kernel | LseKernel],
+                flat: bool = False) -> tuple[Piece | WrappedPiece, ...]:
+    """Pieces of S2-Attn: heads ``:h0`` in aligned groups, heads ``h0:`` shifted by G/2; GQA by head runs.
+
+    ``kernel_for(window, shifted)`` gives the kernel of a window (flash varlen needs its cu_seqlens); a
+    :class:`LseKernel` for the roll's wrapped group attends it on views (:class:`WrappedPiece`) instead of
+    concatenating it. ``flat``: the kernel takes packed tokens (one window per sample range, groups cut by
+    cu_seqlens).
+    """
+    rep = h // hk
+    aligned = [Window(0, 1, b * t, b * t)] if flat else [Window(0, b * t // g, g, g)]
+    pieces = []
+    for lo, hi, windows, shifted in ((0, h0, aligned, False),
+                                     (h0, h, _shifted_windows(b, t, g, wrap, flat) if h0 < h else [], True)):
+        for a, z, ka, kz in head_runs(lo, hi, rep):
+            for w in windows:
+                kernel = kernel_for(w, shifted)
+                if isinstance(kernel, LseKernel):
+                    pieces.append(WrappedPiece(w.last, w.first, (a, z), (ka, kz), kernel))
+                else:
+                    pieces.append(Piece(w, (a, z), (ka, kz), kernel))
+    return tuple(pieces)
+
+
 def token_major(x: Tensor) -> Tensor:
     """(B, T, Hx, D) with contiguous rows and unit last stride, copying only when ``x`` is laid out otherwise."""
     if x.stride(3) == 1 and (x.shape[0] == 1 or x.stride(0) == x.shape[1] * x.stride(1)):
@@ -219,11 +258,11 @@ class _Entry(torch.autograd.Function):
     input, and with it the whole q/k/v, alive until the backward pass even under activation checkpointing)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, anchor: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, anchor: Tensor) -> Tensor:
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: D102
+    def backward(ctx, grad: Tensor):
         return grad, None
 
 
@@ -241,7 +280,7 @@ def _backward_fn(out: Tensor, leaves: list[Tensor]) -> Callable[[Tensor], tuple[
     out_edge = torch.autograd.graph.get_gradient_edge(out)
     in_edges = [torch.autograd.graph.get_gradient_edge(leaf) for leaf in leaves]
     nexts = node.next_functions
-    fused = len(nexts) >= 3 and all(fn is e for (fn, _), e in zip(nexts, entries)) and \
+    fused = len(nexts) >= 3 and all(fn is e for (fn, _), e in zip(nexts, entries, strict=False)) and \
         all(fn is None for fn, _ in nexts[3:])
 
     def grads(g: Tensor) -> tuple[Tensor, ...]:
@@ -264,7 +303,7 @@ class PiecewiseAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, pieces: tuple[Piece | WrappedPiece, ...]) -> Tensor:  # noqa: D102
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, pieces: tuple[Piece | WrappedPiece, ...]) -> Tensor:
         track = any(ctx.needs_input_grad[:3])
         q, k, v = (token_major(x.detach()) for x in (q, k, v))
         out = q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])  # (B, T, H, D)
@@ -296,7 +335,7 @@ class PiecewiseAttention(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor):  # noqa: D102
+    def backward(ctx, grad_out: Tensor):
         grad_out = token_major(grad_out)
         q_shape, kv_shape = ctx.shapes
         saved = ctx.saved_tensors
@@ -305,7 +344,7 @@ class PiecewiseAttention(torch.autograd.Function):
         written: dict[int, set[tuple[int, int]]] = {}  # key/value head -> query-head runs that wrote it
         # Last piece first: a key/value head shared by the aligned and the shifted heads then gets a wrapped
         # group's two contributions in one pass (written as their sum) and the aligned heads' as one add.
-        for piece, record in reversed(list(zip(ctx.pieces, ctx.grads_of))):
+        for piece, record in reversed(list(zip(ctx.pieces, ctx.grads_of, strict=True))):
             kv_range = range(*piece.kv_heads)
             add = any(written.get(h, set()) - {piece.heads} for h in kv_range)
             if isinstance(piece, WrappedPiece):

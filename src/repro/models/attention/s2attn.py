@@ -46,12 +46,10 @@ from torch import Tensor
 from repro.models.attention.piecewise import (
     Kernel,
     LseKernel,
-    Piece,
     PiecewiseAttention,
     Window,
     WrappedEnds,
-    WrappedPiece,
-    head_runs,
+    plan_pieces,
 )
 
 PATTERNS = ("full", "s2")
@@ -189,44 +187,8 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Plans: which kernel call reads which (heads, tokens) window (executed by piecewise.PiecewiseAttention)
+# SDPA kernels for the pieces of piecewise.plan_pieces (executed by piecewise.PiecewiseAttention)
 # ----------------------------------------------------------------------------------------------------------------
-def _shifted_windows(b: int, t: int, g: int, wrap: bool, flat: bool) -> list[Window | WrappedEnds]:
-    """Token windows of the shifted heads (boundaries at G/2 + kG), per sample where they cannot span samples."""
-    half, n = g // 2, t // g
-    if flat and not wrap:  # flash varlen: every token in one call, the cut lives in cu_seqlens
-        return [Window(0, 1, b * t, b * t)]
-    interior = [Window(r * t + half, 1 if flat else n - 1, g, t - g if flat else g) for r in range(b)] if n > 1 else []
-    if wrap:  # the reference's roll: (last half-group, first half-group) of each sample form one group
-        return interior + [WrappedEnds(Window(t - half, b, t, half), Window(0, b, t, half))]
-    return interior + [Window(r * t, 2, t - half, half) for r in range(b)]  # the two half-groups, one call
-
-
-def _plan(b: int, h: int, hk: int, t: int, g: int, h0: int, wrap: bool,
-          kernel_for: Callable[[Window | WrappedEnds, bool], Kernel | LseKernel],
-          flat: bool = False) -> tuple[Piece | WrappedPiece, ...]:
-    """Pieces of S2-Attn: heads ``:h0`` in aligned groups, heads ``h0:`` shifted by G/2; GQA by head runs.
-
-    ``kernel_for(window, shifted)`` gives the kernel of a window (flash varlen needs its cu_seqlens); a
-    :class:`LseKernel` for the roll's wrapped group attends it on views (:class:`WrappedPiece`) instead of
-    concatenating it. ``flat``: the kernel takes packed tokens (one window per sample range, groups cut by
-    cu_seqlens).
-    """
-    rep = h // hk
-    aligned = [Window(0, 1, b * t, b * t)] if flat else [Window(0, b * t // g, g, g)]
-    pieces = []
-    for lo, hi, windows, shifted in ((0, h0, aligned, False),
-                                     (h0, h, _shifted_windows(b, t, g, wrap, flat) if h0 < h else [], True)):
-        for a, z, ka, kz in head_runs(lo, hi, rep):
-            for w in windows:
-                kernel = kernel_for(w, shifted)
-                if isinstance(kernel, LseKernel):
-                    pieces.append(WrappedPiece(w.last, w.first, (a, z), (ka, kz), kernel))
-                else:
-                    pieces.append(Piece(w, (a, z), (ka, kz), kernel))
-    return tuple(pieces)
-
-
 def _lse_kernel(device: torch.device, dtype: torch.dtype, head_dim: int, scale: float | None,
                 dropout: float) -> LseKernel | None:
     """PyTorch's fused attention kernels that return the log-sum-exp, or None where none applies.
@@ -298,7 +260,7 @@ def _s2_sdpa(q: Tensor, k: Tensor, v: Tensor, group_size: int, h0: int, wrap: bo
     if h0 == h:  # no shifted head: all groups in one call on views, output and gradients need no copy at all
         return _tokens(attend(group(q, group_size), group(k, group_size), group(v, group_size), scale, dropout), b)
     merged = _lse_kernel(q.device, q.dtype, q.shape[3], scale, dropout) if wrap else None
-    pieces = _plan(b, h, k.shape[1], t, group_size, h0, wrap, _sdpa_kernel(scale, dropout, merged))
+    pieces = plan_pieces(b, h, k.shape[1], t, group_size, h0, wrap, _sdpa_kernel(scale, dropout, merged))
     return PiecewiseAttention.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pieces)
 
 

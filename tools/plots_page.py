@@ -1,7 +1,7 @@
 """The offline page template for ``dvc plots show`` (``.dvc/plots/offline.html``).
 
-    python -m repro.plots_page          # rebuild the template from .dvc/plots/vendor/*.min.js
-    python -m repro.plots_page --screenshot out.png   # `dvc plots show`, then render it in headless Chromium
+    python -m tools.plots_page          # rebuild the template from .dvc/plots/vendor/*.min.js
+    python -m tools.plots_page --screenshot out.png   # `dvc plots show`, then render it in headless Chromium
 
 DVC's default page loads vega, vega-lite and vega-embed from a CDN, so it is blank without a
 network. ``.dvc/config`` points ``plots.html_template`` at this template instead: the three

@@ -1,6 +1,6 @@
 """W&B reports for the ablation sweeps: one report per ablation, its runs selected by W&B group.
 
-    python -m repro.dashboards [--params params.yaml] [--ablation NAME] [--dry-run]
+    python -m tools.dashboards [--params params.yaml] [--ablation NAME] [--dry-run]
 
 The runs of an ablation live in project ``<prefix>-longlora`` or ``<prefix>-simcse`` (by the
 ablation's kind) and group ``ablation-<name>`` (what the ablation runner sets), named by
@@ -67,7 +67,8 @@ def varied_keys(spec: DictConfig) -> tuple[str, ...]:
     """Dotted config keys changed by any variant of the ablation, in first-seen order."""
     keys: dict[str, None] = {}
     for diff in spec.variants.values():
-        keys.update(dict.fromkeys(flat_diff(OmegaConf.to_container(diff) if isinstance(diff, DictConfig) else diff or {})))
+        plain = OmegaConf.to_container(diff) if isinstance(diff, DictConfig) else diff or {}
+        keys.update(dict.fromkeys(flat_diff(plain)))
     return tuple(keys)
 
 
@@ -152,13 +153,13 @@ def build_report(plan: DashboardPlan, wr: Any) -> str:
 
 
 def _enable_hint() -> str:
-    return ("To build these reports: pip install wandb-workspaces; log in (wandb login, or WANDB_API_KEY), upload offline"
-            " runs (wandb sync wandb/offline-run-*), then run python -m repro.dashboards without --dry-run.")
+    return ("To build these reports: pip install wandb-workspaces; log in (wandb login, or WANDB_API_KEY), upload"
+            " offline runs (wandb sync wandb/offline-run-*), then run python -m tools.dashboards without --dry-run.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: print the plan (offline or ``--dry-run``) or build the reports (online)."""
-    parser = argparse.ArgumentParser(prog="python -m repro.dashboards", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.dashboards", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
     parser.add_argument("--ablation", help="one ablation (default: all of them)")
     parser.add_argument("--dry-run", action="store_true", help="print what would be built; create nothing")
