@@ -26,7 +26,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from repro.reporting import read_json
-from repro.reports.ablations import ablation_names, ablation_spec, flat_diff
+from repro.reports.results import ablation_names, ablation_spec, flat_diff
 from repro.tracking import project_name, wandb_mode
 
 NOT_IN_WANDB = "written to the metrics JSON/CSV; shown once the runner also logs it to the W&B run"
