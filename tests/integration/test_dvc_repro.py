@@ -72,9 +72,13 @@ def test_repro_produces_metrics_plots_and_reports(repro_copy):
     dest, _, first = repro_copy
     assert "Running stage 'report'" in first.stdout
     ev = json.loads((dest / "metrics/longlora/eval.json").read_text())
-    for model in ("base_pi", "finetuned"):
+    assert ev["eval/pi_extension_context"] == 768
+    for model, extended in (("base_pi", "base_pi_extended"), ("finetuned", "finetuned_pi_extended")):
         assert any(k.startswith(f"{model}/") and "/ppl@512" in k for k in ev)
-        assert f"{model}/passkey@512" in ev and f"{model}/passkey@768" in ev  # beyond the trained 512
+        # within the trained 512: the model as trained; beyond it: the PI-only extension, a curve of its own
+        assert f"{model}/passkey@512" in ev and f"{model}/passkey@768" not in ev
+        assert f"{extended}/passkey@768" in ev and f"{extended}/passkey@512" not in ev
+        assert f"{extended}/synthetic_validation/ppl@768" in ev
         for set_name in ("synthetic_validation", "synthetic_test", "synthetic_facts_sampled"):  # the three roles
             assert f"{model}/{set_name}/ppl@512" in ev and f"{model}/{set_name}/ppl_s2@512" in ev
     train = json.loads((dest / "metrics/longlora/train.json").read_text())
