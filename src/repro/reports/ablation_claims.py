@@ -213,7 +213,7 @@ def _pooler(res: Sequence[VariantResult], spec: DictConfig, controls: Controls) 
     best = max(vals, key=lambda k: vals[k])
     top = [p[0] for p in paper.values() if p is not None and p[1] == max(known)]
     held = paper[best] is not None and paper[best][1] == max(known)
-    return [claim_row(f"Best pooler is the paper's best (Table 6: {' / '.join(top)})",
+    return [claim_row(f"Best pooler is the paper's best ({' / '.join(top)})",
                       f"ours: {best} ({fmt(vals[best])}); " + ", ".join(f"{k} {fmt(v)}" for k, v in vals.items()),
                       held, control)]
 
