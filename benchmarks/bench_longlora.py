@@ -11,7 +11,7 @@ runs in a fresh process so its peak memory is its own. Random weights: speed doe
 
 Attention settings: ``full`` (SDPA causal), ``short`` (grouped, no shift: the floor S2-Attn is compared with),
 ``s2`` (S2-Attn, leak-free, ``--backend sdpa|flash``). The LM loss is chunked with ``--loss-chunk`` and
-activation checkpointing follows ``--checkpointing`` (``repro.models.checkpointing`` policies).
+activation checkpointing follows ``--checkpointing`` (``repro.models.activation_checkpointing`` policies).
 
 Prints a Markdown table last.
 """
@@ -42,7 +42,7 @@ def _measure(args: argparse.Namespace, seq: int, attention: str, mode: str, queu
 
     from repro.evaluation.perplexity import PerplexityEvaluator
     from repro.models.attention.registry import apply_attention, use_full_attention
-    from repro.models.checkpointing import apply_checkpointing
+    from repro.models.activation_checkpointing import apply_checkpointing
     from repro.models.chunked_loss import causal_lm_loss
     from repro.models.longlora import AdapterConfig, apply_adapter, apply_position_interpolation
 

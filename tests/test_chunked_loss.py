@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from repro.models.checkpointing import apply_checkpointing, checkpointed_layers
+from repro.models.activation_checkpointing import apply_checkpointing, checkpointed_layers
 from repro.models.chunked_loss import causal_lm_loss, chunked_causal_lm_loss
 
 

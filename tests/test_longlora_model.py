@@ -13,22 +13,19 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from repro.models.longlora import (
-    EXTRAS_FILE,
     AdapterConfig,
     ModelConfig,
     apply_adapter,
     apply_position_interpolation,
     build_base_model,
     enable_gradient_checkpointing,
-    export_merged,
     load_for_context,
-    load_trained,
     materialize_base,
     pi_factor,
-    save_trained,
     set_attention,
     trainable_parameter_names,
 )
+from repro.models.longlora_export import EXTRAS_FILE, export_merged, load_trained, save_trained
 
 VOCAB = 80
 TINY = ModelConfig(source="tiny", original_context=32, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,

@@ -300,7 +300,7 @@ def test_bf16_long_context_step_with_flash_backend():
     import transformers
 
     from repro.models.attention.registry import apply_attention
-    from repro.models.checkpointing import apply_checkpointing
+    from repro.models.activation_checkpointing import apply_checkpointing
     from repro.models.chunked_loss import causal_lm_loss
 
     torch.manual_seed(0)

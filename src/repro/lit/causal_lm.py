@@ -26,10 +26,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from repro.ckpt_store import find_resume_checkpoint
 from repro.lit.ranks import any_rank
-from repro.models.checkpointing import apply_checkpointing
+from repro.models.activation_checkpointing import apply_checkpointing
 from repro.models.chunked_loss import causal_lm_loss
+from repro.resume import find_resume_checkpoint
 
 _PRECISIONS = ("32", "bf16-mixed", "bf16-true")
 
@@ -58,7 +58,7 @@ class TrainConfig:
         loss_chunk_size: Positions per chunk of the LM loss (0: the model's own loss on full logits); see
             ``repro.models.chunked_loss``.
         checkpointing: Activation-checkpointing policy (``model``, ``none``, ``full``, ``alternate``); see
-            ``repro.models.checkpointing``. ``model`` keeps ``longlora.model.gradient_checkpointing``.
+            ``repro.models.activation_checkpointing``. ``model`` keeps ``longlora.model.gradient_checkpointing``.
     """
 
     context_length: int = 512

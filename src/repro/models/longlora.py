@@ -10,7 +10,8 @@ The pieces mirror LongLoRA (Chen et al., 2023, arXiv:2309.12307):
 * the trainable part is LoRA on the attention projections (§3.2), LoRA+ = LoRA with trainable embedding and
   normalization layers (§3.3, Table 2) or full fine-tuning;
 * a trained model is exported as a plain Hugging Face folder with LoRA merged and full attention restored, because
-  S2-Attn is a training-time approximation only (§3.2, "Consistency to Full Attention").
+  S2-Attn is a training-time approximation only (§3.2, "Consistency to Full Attention"); the saving and export side
+  is :mod:`repro.models.longlora_export`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from repro.models.checkpoints import (  # noqa: F401  (re-exported: the saving side of this module)
-    EXTRAS_FILE, REFERENCE_EXTRAS_FILE, export_merged, load_trained, save_trained,
-)
 from repro.models.hf_common import DTYPES, load_tokenizer, package_folder, torch_dtype
 _SOURCES = ("tiny", "gguf", "hub")
 _MODES = ("lora", "lora_plus", "full")
@@ -304,7 +302,8 @@ def apply_adapter(model: PreTrainedModel, cfg: AdapterConfig) -> torch.nn.Module
     """Make the right parameters trainable: LoRA (§3.2), LoRA+ (§3.3) or full fine-tuning.
 
     LoRA+ follows the reference implementation: LoRA adapters via peft, then ``requires_grad`` switched on for the
-    embedding and normalization weights in place (they are saved separately by :func:`save_trained`). With tied
+    embedding and normalization weights in place (they are saved separately by
+    :func:`repro.models.longlora_export.save_trained`). With tied
     input/output embeddings (SmolLM2) the ``lm_head`` is the same tensor as the embedding and trains with it.
 
     Returns:

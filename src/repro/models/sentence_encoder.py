@@ -362,12 +362,3 @@ def build_encoder(cfg: EncoderConfig, tokenizer_dir: str | Path | None = None) -
     tokenizer = build_tokenizer(cfg, tokenizer_dir)
     encoder = SentenceEncoder(_load_backbone(cfg, tokenizer), tokenizer, cfg)
     return encoder.train()
-
-
-def __getattr__(name: str):
-    """The exports moved to :mod:`repro.models.simcse_export`; old imports keep working."""
-    if name in ("export_hf", "export_sentence_transformers", "load_released"):
-        from repro.models import simcse_export
-
-        return getattr(simcse_export, name)
-    raise AttributeError(name)

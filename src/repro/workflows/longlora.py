@@ -22,8 +22,8 @@ from omegaconf import DictConfig
 
 from repro.cli import StageContext
 from repro.config import to_dataclass
-from repro.ckpt_store import code_version, prune_stale_checkpoints, resumable_run_id
 from repro.fingerprint import fingerprint as content_fingerprint
+from repro.resume import code_version, prune_stale_checkpoints, resumable_run_id
 from repro.stages import STAMP, BaseTrainConfig, reuse_or_cache, write_stamp
 from repro.tracking import init_run, is_global_zero, make_run_name, record_run, write_csv, write_metrics
 
@@ -240,9 +240,9 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
     from repro.lit.history import HistoryRecorder
     from repro.models.attention.s2attn import S2AttnConfig
     from repro.models.longlora import (
-        AdapterConfig, ModelConfig, build_longlora_model, export_merged, pi_factor, save_trained,
-        trainable_parameter_names,
+        AdapterConfig, ModelConfig, build_longlora_model, pi_factor, trainable_parameter_names,
     )
+    from repro.models.longlora_export import export_merged, save_trained
 
     from repro.lit.causal_lm import DivergenceError, resolve_batch
     from repro.scale import build_strategy, resolve_strategy

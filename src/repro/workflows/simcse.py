@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import ConfigError
-from repro.ckpt_store import code_version, prune_stale_checkpoints, resumable_run_id
+from repro.resume import code_version, prune_stale_checkpoints, resumable_run_id
 from repro.scale import split_global_batch
 from repro.stages import SimCSEEvalConfig, reuse_or_cache, write_stamp  # noqa: F401 (schema of simcse.eval)
 from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
@@ -186,12 +186,12 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
-    from repro.ckpt_store import find_resume_checkpoint
     from repro.lit.causal_lm import DivergenceError, progress_bar_wanted
     from repro.lit.history import HistoryRecorder
     from repro.lit.simcse import SimCSEDataModule, SimCSEModule, build_callbacks, build_trainer_kwargs
     from repro.models.sentence_encoder import build_encoder
     from repro.models.simcse_export import export_hf, export_sentence_transformers
+    from repro.resume import find_resume_checkpoint
 
     paths = Paths.of(cfg, ctx, run)
     train_cfg = run_train_config(cfg, run)
