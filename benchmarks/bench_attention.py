@@ -21,8 +21,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from repro.models.attention.s2attn import S2AttnConfig, repeat_kv, s2_attention
+from repro.models.attention.s2attn import repeat_kv, s2_attention
 from repro.models.attention.traffic import attention_traffic
+from repro.schemas import S2AttnConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

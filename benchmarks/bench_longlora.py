@@ -41,10 +41,11 @@ def _measure(args: argparse.Namespace, seq: int, attention: str, mode: str, queu
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from repro.evaluation.perplexity import PerplexityEvaluator
-    from repro.models.attention.registry import apply_attention, use_full_attention
     from repro.models.activation_checkpointing import apply_checkpointing
+    from repro.models.attention.registry import apply_attention, use_full_attention
     from repro.models.chunked_loss import causal_lm_loss
-    from repro.models.longlora import AdapterConfig, apply_adapter, apply_position_interpolation
+    from repro.models.longlora import apply_adapter, apply_position_interpolation
+    from repro.schemas import AdapterConfig
 
     torch.manual_seed(0)
     if args.threads:

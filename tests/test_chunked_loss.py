@@ -81,7 +81,7 @@ def test_checkpointing_policies_select_layers_and_keep_gradients(s2):
     model = tiny_llama().train()
     if s2:  # S2-Attn's piecewise autograd function is recomputed by the layer checkpoints
         from repro.models.attention.registry import apply_attention
-        from repro.models.attention.s2attn import S2AttnConfig
+        from repro.schemas import S2AttnConfig
 
         apply_attention(model, S2AttnConfig())
     ids = torch.randint(0, 97, (1, 24), generator=torch.Generator().manual_seed(2))
@@ -99,7 +99,8 @@ def test_checkpointing_policies_select_layers_and_keep_gradients(s2):
 
 
 def test_causal_lm_module_applies_the_configured_policy():
-    from repro.lit.causal_lm import CausalLMModule, TrainConfig
+    from repro.lit.causal_lm import CausalLMModule
+    from repro.schemas import TrainConfig
 
     assert (TrainConfig().loss_chunk_size, TrainConfig().checkpointing) == (0, "model")  # behaviour unchanged
     module = CausalLMModule(tiny_llama(), TrainConfig(loss_chunk_size=8, checkpointing="alternate"))

@@ -12,20 +12,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from repro.derived import pi_factor
 from repro.models.longlora import (
-    AdapterConfig,
-    ModelConfig,
     apply_adapter,
     apply_position_interpolation,
     build_base_model,
     enable_gradient_checkpointing,
     load_for_context,
     materialize_base,
-    pi_factor,
     set_attention,
     trainable_parameter_names,
 )
 from repro.models.longlora_export import EXTRAS_FILE, export_merged, load_trained, save_trained
+from repro.schemas import AdapterConfig, ModelConfig
 
 VOCAB = 80
 TINY = ModelConfig(source="tiny", original_context=32, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -183,7 +182,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 @pytest.mark.parametrize("mode", ["lora_plus", "lora"])
 def test_save_trained_reload_and_export_merged(tmp_path, base_dir, tokenizer_dir, mode):
-    from repro.models.attention.s2attn import S2AttnConfig
+    from repro.schemas import S2AttnConfig
 
     target = 64
     model = apply_adapter(load_for_context(base_dir, target), AdapterConfig(mode=mode))

@@ -14,7 +14,7 @@ from repro.data.passkey_format import (
     FILLER, QUESTION, TASK_DESCRIPTION, garbage, garbage_length, generate_passkey_prompt, information_line,
 )
 from repro.evaluation.passkey import PasskeyEvaluator, passkey_points
-from repro.evaluation.perplexity import LMEvalConfig
+from repro.schemas import LMEvalConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -14,17 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repro.derived import eval_lengths, passkey_max_tokens
 from repro.evaluation.perplexity import (
-    LMEvalConfig,
     PerplexityEvaluator,
-    build_lm_eval_config,
     _decoder_and_head,
-    eval_lengths,
-    passkey_max_tokens,
+    build_lm_eval_config,
     press_window_spans,
     select_windows,
     window_starts,
 )
+from repro.schemas import LMEvalConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VOCAB = 128

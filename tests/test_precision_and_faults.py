@@ -13,12 +13,13 @@ import torch
 from torch.utils.data import Dataset
 
 from repro.lit.causal_lm import (
-    CausalLMModule, DivergenceError, PackedBlocksDataModule, TrainConfig, build_trainer, fit_resumable, resolve_batch,
+    CausalLMModule, DivergenceError, PackedBlocksDataModule, build_trainer, fit_resumable, resolve_batch,
 )
-from repro.models.longlora import AdapterConfig, ModelConfig, build_longlora_model
+from repro.models.longlora import build_longlora_model
 from repro.precision import check_trainable_fp32, merge_in_fp32, upcast_trainable
 from repro.resume import checkpoint_is_intact, find_resume_checkpoint
 from repro.scale import BatchSplitError, resolve_strategy, split_global_batch
+from repro.schemas import AdapterConfig, ModelConfig, TrainConfig
 
 VOCAB, CONTEXT = 96, 32
 

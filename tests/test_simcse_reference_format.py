@@ -12,9 +12,10 @@ from omegaconf import OmegaConf
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
 from repro.config import validate
-from repro.lit.simcse import SimCSECollator, SimCSEModule, SimCSETrainConfig
-from repro.models.sentence_encoder import EncoderConfig, build_encoder
+from repro.lit.simcse import SimCSECollator, SimCSEModule
+from repro.models.sentence_encoder import build_encoder
 from repro.models.simcse_export import export_hf, export_sentence_transformers, load_released, released_pooler
+from repro.schemas import EncoderConfig, SimCSETrainConfig
 from repro.workflows.simcse import checkpoint_key, run_encoder_config, run_train_config
 
 WORDS = "the a cat dog sat on mat ran quickly slowly big small red blue house tree over under park".split()

@@ -89,8 +89,9 @@ def _gguf_config(folder: str, gguf_file: str):
 def _llama_meta(cfg: DictConfig):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from repro.models.longlora import ModelConfig, apply_position_interpolation, gguf_folder
     from repro.config import to_dataclass
+    from repro.models.longlora import apply_position_interpolation, gguf_folder
+    from repro.schemas import ModelConfig
 
     m = to_dataclass(cfg.longlora.model, ModelConfig)
     if m.source == "gguf":
@@ -122,9 +123,10 @@ def check_derived(cfg: DictConfig) -> None:
 def longlora_plan(cfg: DictConfig) -> Plan:
     """The LongLoRA train stage's plan (model built on the meta device with its adapter)."""
     from repro.config import to_dataclass
-    from repro.lit.causal_lm import TrainConfig, resolve_batch
+    from repro.lit.causal_lm import resolve_batch
+    from repro.models.longlora import apply_adapter
     from repro.scale import resolve_strategy
-    from repro.models.longlora import AdapterConfig, apply_adapter
+    from repro.schemas import AdapterConfig, TrainConfig
 
     train = resolve_batch(to_dataclass(cfg.longlora.train, TrainConfig), _world(cfg))
     check_derived(cfg)

