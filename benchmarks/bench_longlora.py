@@ -91,7 +91,8 @@ def _measure(args: argparse.Namespace, seq: int, attention: str, mode: str, queu
     if attention == "full" and mode == "lora_plus":  # evaluation does not depend on the training setting
         use_full_attention(model)
         stream = torch.randint(0, shape["vocab_size"], (seq * 3,))
-        result = PerplexityEvaluator({"stride": seq // 2, "batch_size": 1, "bf16": args.dtype == "bf16"}).evaluate(
+        result = PerplexityEvaluator({"stride": seq // 2, "batch_size": 1,
+                                      "precision": "bf16-mixed" if args.dtype == "bf16" else "32-true"}).evaluate(
             model, stream, seq)
         eval_tps = result.tokens_per_s
     queue.put({"seq": seq, "attention": attention, "mode": mode, "step_s": step, "tokens_per_s": args.batch * seq / step,

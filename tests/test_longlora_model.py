@@ -13,11 +13,11 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from repro.derived import pi_factor
+from repro.models.activation_checkpointing import enable_gradient_checkpointing
 from repro.models.longlora import (
     apply_adapter,
     apply_position_interpolation,
     build_base_model,
-    enable_gradient_checkpointing,
     load_for_context,
     materialize_base,
     set_attention,

@@ -160,7 +160,7 @@ def test_eval_avg_sts_selects_on_the_mean_of_stsb_and_sickr_dev(tokenizer_dir, t
     trainer.fit(module, datamodule=SimCSEDataModule(SENTENCES * 4, enc.tokenizer, 32, cfg))
     assert Path(callbacks[0].best_model_path).name == "best-step=4.ckpt"
     assert callbacks[0].best_model_score.item() == pytest.approx((0.5 + 0.8) / 2)
-    assert trainer.gradient_clip_val == 1.0  # HF Trainer's max_grad_norm default
+    assert trainer.gradient_clip_val == 1.0  # simcse.train.gradient_clip_val: HF Trainer's max_grad_norm default
 
 
 def test_prepared_data_has_sickr_dev_for_avg_sts(tmp_path):

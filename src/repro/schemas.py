@@ -18,8 +18,11 @@ Sections, each with the paper section or reference behaviour it mirrors in its c
 (:class:`SimCSETrainConfig`), ``simcse.eval`` (:class:`SimCSEEvalConfig`) and ``simcse.transfer``
 (:class:`TransferConfig`).
 
-Values derived from these (the PI factor, the S2 group size, the evaluation lengths) are computed in
-:mod:`repro.derived`.
+One spelling per concern: training precision is Lightning's precision string (:data:`PRECISIONS`) in
+both trainers and in evaluation, parameter storage is a dtype name (:data:`DTYPES`), the gradient clip
+is ``gradient_clip_val`` in both trainers, and activation checkpointing is
+``longlora.train.activation_checkpointing`` alone. Values derived from these (the PI factor, the S2
+group size, the evaluation lengths) are computed in :mod:`repro.derived`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+# Lightning precision strings the trainers accept (``Trainer(precision=...)``).
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")
+# Evaluation: bf16 autocast on CUDA, or none.
+EVAL_PRECISIONS = ("32-true", "bf16-mixed")
+# Parameter dtypes by their torch names (``repro.models.hf_common.DTYPES`` maps them to torch dtypes).
+DTYPES = ("float32", "bfloat16", "float16")
+ACTIVATION_CHECKPOINTING = ("none", "full", "alternate")
 # S2-Attn (LongLoRA §3.2, Table 6).
 PATTERNS = ("full", "s2")
 SHIFTS = ("none", "heads", "layers", "all")
@@ -42,6 +52,12 @@ TASKS = ("MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC")
 WIKI1M_REPO = "princeton-nlp/datasets-for-simcse"
 WIKI1M_FILE = "wiki1m_for_simcse.txt"
 NLI_FILE = "nli_for_simcse.csv"
+
+
+def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming ``key`` and the allowed values when ``value`` is not one of them."""
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not one of {', '.join(allowed)}")
 
 
 # ---- run and W&B ----------------------------------------------------------------------------------------------
@@ -215,11 +231,13 @@ class ModelConfig:
         gguf_package: Installed package whose folder holds the GGUF file (located without importing it).
         gguf_file: GGUF file name inside that folder.
         original_context: The model's pretraining context (Llama-2: 4096, SmolLM2: 8192); PI scales from it.
-        dtype: Parameter dtype, ``"float32"`` or ``"bfloat16"``.
+        dtype: Parameter dtype, one of :data:`DTYPES` (``"float32"``, ``"bfloat16"``, ``"float16"``); the
+            compute precision of training is ``longlora.train.precision``.
         hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, rope_theta: The tiny Llama's
             architecture (``source == "tiny"`` only; grouped-query attention when ``num_kv_heads < num_heads``).
         init_seed: Seed of the tiny model's random initialisation.
-        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
+
+    Activation checkpointing is a training setting: ``longlora.train.activation_checkpointing``.
     """
 
     source: str = "tiny"
@@ -235,7 +253,9 @@ class ModelConfig:
     intermediate_size: int = 128
     rope_theta: float = 10000.0
     init_seed: int = 0
-    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("longlora.model.dtype", self.dtype, DTYPES)
 
 @dataclass
 class AdapterConfig:
@@ -342,16 +362,18 @@ class TrainConfig:
         lr: Peak learning rate (paper §4.1: 2e-5 for 7B/13B, 1e-5 for 70B).
         weight_decay: AdamW weight decay (paper: 0).
         warmup_steps: Linear warm-up steps before the constant rate (paper: 20).
-        gradient_clip_val: Max global gradient norm (HF Trainer default 1.0, used by the reference runs).
-        precision: Lightning precision, ``"32"``, ``"bf16-mixed"`` or ``"bf16-true"``.
+        gradient_clip_val: Max global gradient norm (HF Trainer default 1.0, used by the reference runs);
+            Lightning's ``Trainer(gradient_clip_val=...)``, the same key as ``simcse.train``.
+        precision: Lightning precision, one of :data:`PRECISIONS` (``"32-true"``, ``"bf16-mixed"`` ...).
         seed: Seed for the data order and Lightning's ``seed_everything``.
         log_every_n_steps: Logging interval in optimizer steps.
         ckpt_every_n_steps: Checkpoint interval in optimizer steps (``last.ckpt`` is always refreshed).
         num_workers: DataLoader worker processes.
         loss_chunk_size: Positions per chunk of the LM loss (0: the model's own loss on full logits); see
             ``repro.models.chunked_loss``.
-        checkpointing: Activation-checkpointing policy (``model``, ``none``, ``full``, ``alternate``); see
-            ``repro.models.activation_checkpointing``. ``model`` keeps ``longlora.model.gradient_checkpointing``.
+        activation_checkpointing: Recompute activations in the backward pass: ``none``, ``full`` (every
+            decoder layer, as the reference ``fine-tune.py``) or ``alternate`` (every other layer); see
+            :mod:`repro.models.activation_checkpointing`. The only key that steers it.
     """
 
     context_length: int = 512
@@ -363,13 +385,18 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 20
     gradient_clip_val: float = 1.0
-    precision: str = "32"
+    precision: str = "32-true"
     seed: int = 0
     log_every_n_steps: int = 1
     ckpt_every_n_steps: int = 100
     num_workers: int = 0
     loss_chunk_size: int = 0
-    checkpointing: str = "model"
+    activation_checkpointing: str = "none"
+
+    def __post_init__(self) -> None:
+        _check_choice("longlora.train.precision", self.precision, PRECISIONS)
+        _check_choice("longlora.train.activation_checkpointing", self.activation_checkpointing,
+                      ACTIVATION_CHECKPOINTING)
 
 @dataclass
 class LMEvalConfig:
@@ -383,7 +410,8 @@ class LMEvalConfig:
         max_windows: cap on windows per length; ``0`` means no cap. A cap keeps an evenly spaced,
             deterministic subset (see :func:`repro.evaluation.perplexity.select_windows`), so CPU runs stay affordable.
         ce_chunk_size: sequence positions per chunk when applying the LM head and cross-entropy.
-        bf16: use bf16 autocast; honoured only when the model sits on a CUDA device.
+        precision: ``"bf16-mixed"`` (bf16 autocast, honoured only when the model sits on a CUDA device) or
+            ``"32-true"`` (no autocast); one of :data:`EVAL_PRECISIONS`, spelt as the trainers' precision.
         passkey_interval: passkey test points every this many tokens (``--interval``, 1000 there).
         passkey_max_tokens: last test point (``--max_tokens``); ``0`` = 1.5 x the training context,
             as §4.2 tests a 32k model to 48k with a PI-only extension.
@@ -397,7 +425,7 @@ class LMEvalConfig:
     batch_size: int = 1
     max_windows: int = 0
     ce_chunk_size: int = 1024
-    bf16: bool = True
+    precision: str = "bf16-mixed"
     passkey_interval: int = 1000
     passkey_max_tokens: int = 0
     passkey_trials: int = 10
@@ -405,6 +433,7 @@ class LMEvalConfig:
     passkey_garbage_quantum: int = 1024
 
     def __post_init__(self) -> None:
+        _check_choice("longlora.eval.precision", self.precision, EVAL_PRECISIONS)
         for name in ("stride", "batch_size", "ce_chunk_size", "passkey_trials", "passkey_interval",
                      "passkey_garbage_quantum"):
             if int(getattr(self, name)) < 1:
@@ -419,6 +448,11 @@ class LMEvalConfig:
         bad = [v for v in self.lengths if int(v) < 2]
         if bad:
             raise ValueError(f"longlora.eval.lengths must hold lengths >= 2, got {bad}")
+
+    @property
+    def bf16(self) -> bool:
+        """Whether evaluation runs under bf16 autocast (on CUDA)."""
+        return self.precision == "bf16-mixed"
 
 
 # ---- SimCSE ---------------------------------------------------------------------------------------------------
@@ -453,7 +487,7 @@ class EncoderConfig:
         dropout: overrides the backbone's dropout probabilities (hidden and attention); None keeps
             the checkpoint's (0.1 for BERT/RoBERTa, the paper's best p, Table 3).
         is_decoder: decoder-only backbone (use pooler "mean" or "last").
-        dtype: parameter dtype of the backbone ("float32", "bfloat16", "float16").
+        dtype: parameter dtype of the backbone, one of :data:`DTYPES` ("float32", "bfloat16", "float16").
     """
 
     source: str = "tiny"
@@ -474,6 +508,9 @@ class EncoderConfig:
     dropout: float | None = None
     is_decoder: bool = False
     dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        _check_choice("simcse.encoder.dtype", self.dtype, DTYPES)
 
 @dataclass
 class SimCSEDataConfig:
@@ -545,13 +582,14 @@ class SimCSETrainConfig:
         max_steps: optimiser steps (1M wiki sentences / 64 = 15625, one epoch as in the paper).
         warmup_steps: linear warm-up steps (0 in the reference).
         weight_decay: AdamW decay, not applied to biases and LayerNorm weights (0.0 in the reference).
-        precision: Lightning precision ("32-true", "bf16-mixed", "16-mixed").
+        precision: Lightning precision, one of :data:`PRECISIONS` ("32-true", "bf16-mixed", "16-mixed" ...).
         eval_every_n_steps: STS-B dev evaluation and checkpoint selection interval (125, reference).
         seed: seed for initialisation and shuffling (42 in the reference's scripts).
         fixed_dropout: share one dropout mask between the two views ("fixed 0.1", Table 3).
         eval_batch_size: batch size of ``encode`` during the dev evaluation.
         num_workers: DataLoader workers.
-        max_grad_norm: gradient-norm clip (1.0, the Hugging Face Trainer default the reference uses).
+        gradient_clip_val: gradient-norm clip (1.0, the Hugging Face Trainer default the reference uses;
+            0 = none); Lightning's ``Trainer(gradient_clip_val=...)``, the same key as ``longlora.train``.
         ckpt_every_n_steps: also refresh ``last.ckpt`` every N steps between evaluations, so a kill
             before the first evaluation resumes too (0: only at evaluations).
         similarity: "cos" (the paper) or "dot" (Table D.1's dot-product row, no temperature).
@@ -573,7 +611,7 @@ class SimCSETrainConfig:
     fixed_dropout: bool = False
     eval_batch_size: int = 128
     num_workers: int = 0
-    max_grad_norm: float = 1.0
+    gradient_clip_val: float = 1.0
     ckpt_every_n_steps: int = 0
     similarity: str = "cos"
     eval_avg_sts: bool = False
@@ -585,6 +623,7 @@ class SimCSETrainConfig:
             raise ValueError(f"'eval_every_n_steps' must be > 0; got {self.eval_every_n_steps}")
         if self.similarity not in ("cos", "dot"):
             raise ValueError(f"unknown similarity {self.similarity!r} (key 'similarity'); valid: cos, dot")
+        _check_choice("simcse.train.precision", self.precision, PRECISIONS)
 
 @dataclass
 class SimCSEEvalConfig:

@@ -235,7 +235,7 @@ class PerplexityEvaluator:
     """Sliding-window perplexity over one token stream, at one or several lengths.
 
     Args:
-        config: evaluation settings (``stride``, ``batch_size``, ``max_windows``, ``ce_chunk_size``, ``bf16``).
+        config: evaluation settings (``stride``, ``batch_size``, ``max_windows``, ``ce_chunk_size``, ``precision``).
     """
 
     def __init__(self, config: LMEvalConfig | Mapping[str, Any] | None = None) -> None:

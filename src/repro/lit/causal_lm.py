@@ -32,8 +32,6 @@ from repro.models.chunked_loss import causal_lm_loss
 from repro.resume import find_resume_checkpoint
 from repro.schemas import TrainConfig
 
-_PRECISIONS = ("32", "bf16-mixed", "bf16-true")
-
 
 def resolve_batch(train_cfg: TrainConfig, world_size: int, prefix: str = "longlora.train") -> TrainConfig:
     """``train_cfg`` with ``grad_accum`` derived from the global batch over ``world_size`` devices.
@@ -105,7 +103,7 @@ class CausalLMModule(L.LightningModule):
 
     def __init__(self, model: torch.nn.Module, train_cfg: TrainConfig, config_dicts: dict[str, Any] | None = None):
         super().__init__()
-        self.model = apply_checkpointing(model, train_cfg.checkpointing)
+        self.model = apply_checkpointing(model, train_cfg.activation_checkpointing)
         self.train_cfg = train_cfg
         self.save_hyperparameters({"train": asdict(train_cfg), **(config_dicts or {})})
         self.strict_loading = False
@@ -286,12 +284,11 @@ def build_trainer(
     when it does not divide), so the module, the data module and the trainer share one ``train_cfg``. Use it with
     :func:`fit_resumable` so a rerun continues from the newest intact checkpoint after a crash.
 
+    ``train_cfg.precision`` is checked by :class:`repro.schemas.TrainConfig` itself (Lightning's strings).
+
     Raises:
-        ValueError: naming ``longlora.train.precision`` for an unknown precision, or when ``grad_accum`` is not
-            resolved.
+        ValueError: when ``grad_accum`` is not resolved.
     """
-    if train_cfg.precision not in _PRECISIONS:
-        raise ValueError(f"longlora.train.precision={train_cfg.precision!r}; expected one of {_PRECISIONS}")
     if train_cfg.grad_accum < 1:
         raise ValueError(f"train_cfg.grad_accum={train_cfg.grad_accum} is unresolved: pass resolve_batch(train_cfg, "
                          f"{devices * num_nodes}), which derives it from longlora.train.global_batch_size")

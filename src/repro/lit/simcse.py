@@ -312,7 +312,7 @@ def build_trainer_kwargs(cfg: SimCSETrainConfig) -> dict[str, Any]:
         "limit_val_batches": 1,
         "num_sanity_val_steps": 0,
         "log_every_n_steps": 1,
-        "gradient_clip_val": cfg.max_grad_norm if cfg.max_grad_norm > 0 else None,  # HF Trainer: 1.0
+        "gradient_clip_val": cfg.gradient_clip_val if cfg.gradient_clip_val > 0 else None,  # HF Trainer: 1.0
         "gradient_clip_algorithm": "norm",
         "use_distributed_sampler": False,  # the resumable sampler splits the stream by rank itself
     }

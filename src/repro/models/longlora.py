@@ -263,16 +263,6 @@ def apply_adapter(model: PreTrainedModel, cfg: AdapterConfig) -> torch.nn.Module
     return peft_model
 
 
-def enable_gradient_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
-    """Non-reentrant activation checkpointing; input grads are forced when the embedding is frozen (LoRA)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if not base.get_input_embeddings().weight.requires_grad:
-        base.enable_input_require_grads()
-    base.config.use_cache = False
-    return model
-
-
 def trainable_parameter_names(model: torch.nn.Module) -> list[str]:
     """Sorted names of the parameters that require grad."""
     return sorted(n for n, p in model.named_parameters() if p.requires_grad)
@@ -281,12 +271,14 @@ def trainable_parameter_names(model: torch.nn.Module) -> list[str]:
 def build_longlora_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, target_context: int, *,
                          base_dir: str | Path | None = None, vocab_size: int | None = None,
                          attention_cfg: Any | None = None) -> torch.nn.Module:
-    """Base model with PI for ``target_context``, the adapter, attention and checkpointing, ready to train."""
+    """Base model with PI for ``target_context``, the adapter and the attention, ready to train.
+
+    Activation checkpointing is the trainer's choice (``longlora.train.activation_checkpointing``, applied by
+    :class:`repro.lit.causal_lm.CausalLMModule`).
+    """
     base = base_dir if base_dir is not None else model_cfg
     model = load_for_context(base, target_context, original_context=model_cfg.original_context,
                              vocab_size=vocab_size, dtype=model_cfg.dtype)
     model = apply_adapter(model, adapter_cfg).train()  # from_pretrained returns eval mode
     set_attention(model, attention_cfg)
-    if model_cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
     return model
