@@ -77,6 +77,29 @@ def test_pi_factor_rejects_non_positive():
         pi_factor(0, 4096)
 
 
+def test_pi_factor_is_one_function_importable_without_torch():
+    """The report and the config check use repro.derived; the model code the very same function."""
+    from repro.models import longlora
+
+    assert longlora.pi_factor is pi_factor and pi_factor.__module__ == "repro.derived"
+
+
+def test_model_building_and_saving_do_not_import_each_other():
+    """longlora.py builds, longlora_export.py saves and exports: no import circle between the two."""
+    import ast
+
+    import repro.models.longlora as building
+    import repro.models.longlora_export as saving
+
+    def imported(module) -> set[str]:
+        tree = ast.parse(open(module.__file__).read())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    assert "repro.models.longlora_export" not in imported(building)
+    assert "repro.models.longlora" not in imported(saving)
+
+
 def test_pi_scaled_rotary_matches_unscaled_at_divided_positions():
     target = 4 * TINY.original_context
     plain = build_base_model(TINY, vocab_size=VOCAB)
