@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ of this checkout, when run as a script
 
-from repro.models.attention.s2attn import S2AttnConfig, repeat_kv, s2_attention
+from repro.models.attention.s2attn import repeat_kv, s2_attention
+from repro.schemas import S2AttnConfig
 from tools.attention_traffic import attention_traffic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

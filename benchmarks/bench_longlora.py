@@ -11,7 +11,7 @@ runs in a fresh process so its peak memory is its own. Random weights: speed doe
 
 Attention settings: ``full`` (SDPA causal), ``short`` (grouped, no shift: the floor S2-Attn is compared with),
 ``s2`` (S2-Attn, leak-free, ``--backend sdpa|flash``). The LM loss is chunked with ``--loss-chunk`` and
-activation checkpointing follows ``--checkpointing`` (``repro.models.checkpointing`` policies).
+activation checkpointing follows ``--checkpointing`` (``repro.models.activation_checkpointing`` policies).
 
 Prints a Markdown table last.
 """
@@ -41,10 +41,11 @@ def _measure(args: argparse.Namespace, seq: int, attention: str, mode: str, queu
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from repro.evaluation.perplexity import PerplexityEvaluator
+    from repro.models.activation_checkpointing import apply_checkpointing
     from repro.models.attention.registry import apply_attention, use_full_attention
-    from repro.models.checkpointing import apply_checkpointing
     from repro.models.chunked_loss import causal_lm_loss
-    from repro.models.longlora import AdapterConfig, apply_adapter, apply_position_interpolation
+    from repro.models.longlora import apply_adapter, apply_position_interpolation
+    from repro.schemas import AdapterConfig
 
     torch.manual_seed(0)
     if args.threads:
@@ -90,7 +91,8 @@ def _measure(args: argparse.Namespace, seq: int, attention: str, mode: str, queu
     if attention == "full" and mode == "lora_plus":  # evaluation does not depend on the training setting
         use_full_attention(model)
         stream = torch.randint(0, shape["vocab_size"], (seq * 3,))
-        result = PerplexityEvaluator({"stride": seq // 2, "batch_size": 1, "bf16": args.dtype == "bf16"}).evaluate(
+        result = PerplexityEvaluator({"stride": seq // 2, "batch_size": 1,
+                                      "precision": "bf16-mixed" if args.dtype == "bf16" else "32-true"}).evaluate(
             model, stream, seq)
         eval_tps = result.tokens_per_s
     queue.put({"seq": seq, "attention": attention, "mode": mode, "step_s": step, "tokens_per_s": args.batch * seq / step,

@@ -57,7 +57,7 @@ def _tiny_tokenizer(sentences: list[str], folder: Path) -> None:
 
 
 def _encoder_cfg(model: str, tok_dir: Path, max_length: int):
-    from repro.models.sentence_encoder import EncoderConfig
+    from repro.schemas import EncoderConfig
 
     if model == "tiny":
         return EncoderConfig(source="tiny", tokenizer_path=str(tok_dir), pooler="avg", dropout=0.1, max_length=max_length)
@@ -71,8 +71,9 @@ def _rss_mb() -> float:
 def _worker_repro(args, sentences: list[str]) -> dict:
     import torch
 
-    from repro.lit.simcse import SimCSECollator, SimCSEModule, SimCSETrainConfig
+    from repro.lit.simcse import SimCSECollator, SimCSEModule
     from repro.models.sentence_encoder import build_encoder
+    from repro.schemas import SimCSETrainConfig
 
     torch.manual_seed(args.seed)
     encoder = build_encoder(_encoder_cfg(args.model, args.tok_dir, args.max_length))

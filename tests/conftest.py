@@ -30,6 +30,32 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+HEAVY_IMPORTS = ("torch", "transformers", "lightning")
+
+
+@pytest.fixture(scope="session")
+def run_without_torch():
+    """Run Python code in a fresh process where torch, transformers and lightning cannot be imported.
+
+    ``run_without_torch(code, cwd)`` sets ``sys.modules[name] = None`` for each of :data:`HEAVY_IMPORTS`
+    before ``code`` runs (an import of one then raises ``ImportError``) and returns the completed process.
+    ``run_without_torch.module(name, *args, cwd=...)`` runs ``python -m name args`` the same way.
+    """
+    import subprocess
+    import sys
+
+    def run(code: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+        block = "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in HEAVY_IMPORTS)
+        return subprocess.run([sys.executable, "-c", block + code], cwd=cwd, capture_output=True, text=True)
+
+    def module(name: str, *args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+        return run(f"import runpy\nsys.argv = [{name!r}, *{list(args)!r}]\n"
+                   f"runpy.run_module({name!r}, run_name='__main__', alter_sys=True)\n", cwd)
+
+    run.module = module
+    return run
+
+
 @pytest.fixture(scope="session")
 def make_tiny_llama():
     """Factory for the tests' tiny random Llama (hidden 64, 2 layers, 4 heads, 2 KV heads), seeded."""

@@ -15,16 +15,11 @@ from lightning.pytorch.loggers.logger import Logger
 from torch.utils.data import Dataset
 
 from repro.lit.causal_lm import (
-    CausalLMModule,
-    PackedBlocksDataModule,
-    ResumableBlockSampler,
-    TrainConfig,
-    build_trainer,
-    fit_resumable,
-    warmup_constant_lambda,
+    CausalLMModule, PackedBlocksDataModule, ResumableBlockSampler, build_trainer, fit_resumable, warmup_constant_lambda,
 )
-from repro.ckpt_store import find_resume_checkpoint
-from repro.models.longlora import AdapterConfig, ModelConfig, apply_adapter, load_for_context
+from repro.models.longlora import apply_adapter, load_for_context
+from repro.resume import find_resume_checkpoint
+from repro.schemas import AdapterConfig, ModelConfig, TrainConfig
 
 VOCAB = 96
 CONTEXT = 32

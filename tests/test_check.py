@@ -56,3 +56,27 @@ def test_wrong_type_is_named_before_any_stage_runs(params, tmp_path, capsys):
 def test_bad_simcse_run_is_named(params):
     params.simcse.runs.sup.temprature = 0.1
     assert any("simcse.runs.sup" in p for p in check_config(params))
+
+
+def test_check_runs_with_torch_transformers_and_lightning_unimportable(run_without_torch):
+    """The check `make repro` runs first needs none of the heavy libraries (schemas: repro.schemas)."""
+    out = run_without_torch.module("repro.check")
+    assert out.returncode == 0, out.stderr
+    assert "config ok" in out.stdout
+
+
+@pytest.mark.parametrize("key", ["longlora.train.max_stpes", "simcse.train.max_grad_norm",
+                                 "longlora.model.gradient_checkpointing"])
+def test_misspelt_or_retired_key_fails_by_name_without_torch(params, tmp_path, run_without_torch, key):
+    """Negative control for the test above: under the same blocked imports a bad key still fails, named.
+
+    ``max_grad_norm`` and ``gradient_checkpointing`` are the retired spellings of
+    ``simcse.train.gradient_clip_val`` and ``longlora.train.activation_checkpointing``.
+    """
+    OmegaConf.update(params, key, 1, force_add=True)
+    bad = tmp_path / "params.yaml"
+    OmegaConf.save(params, bad)
+    out = run_without_torch.module("repro.check", "--params", str(bad))
+    assert out.returncode == 1
+    assert key in out.stderr
+    assert "ModuleNotFoundError" not in out.stderr and "ImportError" not in out.stderr

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from repro.models.checkpointing import apply_checkpointing, checkpointed_layers
+from repro.models.activation_checkpointing import apply_checkpointing, checkpointed_layers
 from repro.models.chunked_loss import causal_lm_loss, chunked_causal_lm_loss
 
 
@@ -81,7 +81,7 @@ def test_checkpointing_policies_select_layers_and_keep_gradients(s2):
     model = tiny_llama().train()
     if s2:  # S2-Attn's piecewise autograd function is recomputed by the layer checkpoints
         from repro.models.attention.registry import apply_attention
-        from repro.models.attention.s2attn import S2AttnConfig
+        from repro.schemas import S2AttnConfig
 
         apply_attention(model, S2AttnConfig())
     ids = torch.randint(0, 97, (1, 24), generator=torch.Generator().manual_seed(2))
@@ -92,17 +92,19 @@ def test_checkpointing_policies_select_layers_and_keep_gradients(s2):
         grads = torch.autograd.grad(causal_lm_loss(model, ids, ids, 5), list(model.parameters()))
         for a, b in zip(grads, reference):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
-    apply_checkpointing(model, "model")
+    apply_checkpointing(model, "none")  # again: nothing to switch off
     assert checkpointed_layers(model) == [False] * 4
-    with pytest.raises(ValueError, match="checkpointing"):
-        apply_checkpointing(model, "selective")
+    with pytest.raises(ValueError, match="longlora.train.activation_checkpointing"):
+        apply_checkpointing(model, "model")  # the old 'defer to longlora.model' policy is gone
 
 
 def test_causal_lm_module_applies_the_configured_policy():
-    from repro.lit.causal_lm import CausalLMModule, TrainConfig
+    from repro.lit.causal_lm import CausalLMModule
+    from repro.schemas import TrainConfig
 
-    assert (TrainConfig().loss_chunk_size, TrainConfig().checkpointing) == (0, "model")  # behaviour unchanged
-    module = CausalLMModule(tiny_llama(), TrainConfig(loss_chunk_size=8, checkpointing="alternate"))
+    assert (TrainConfig().loss_chunk_size, TrainConfig().activation_checkpointing) == (0, "none")
+    assert checkpointed_layers(CausalLMModule(tiny_llama(), TrainConfig()).model) == [False] * 4
+    module = CausalLMModule(tiny_llama(), TrainConfig(loss_chunk_size=8, activation_checkpointing="alternate"))
     assert checkpointed_layers(module.model) == [True, False, True, False]
-    with pytest.raises(ValueError, match="longlora.train.checkpointing"):
-        CausalLMModule(tiny_llama(), TrainConfig(checkpointing="sometimes"))
+    with pytest.raises(ValueError, match="longlora.train.activation_checkpointing='sometimes' is not one of none"):
+        TrainConfig(activation_checkpointing="sometimes")  # the schema rejects it, listing the policies

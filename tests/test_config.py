@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,73 @@ def test_validation_does_not_import_the_workflows(repo_root):
             "if m.startswith('repro.workflows'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_config_core_imports_nothing_heavy(run_without_torch):
+    """repro.schemas and repro.derived: the standard library only; config, cli and compose: no torch stack."""
+    code = ("import json, repro.schemas, repro.derived\n"
+            "light = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'omegaconf', 'yaml'))\n"
+            "import repro.config, repro.cli, repro.compose, repro.check\n"
+            "print(json.dumps(light))\n")
+    out = run_without_torch(code)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+
+
+def test_validate_and_compose_run_with_torch_unimportable(tmp_path, repo_root, run_without_torch):
+    """Compose conf/ (DVC's composer) and validate the result, with torch, transformers and lightning blocked."""
+    out = run_without_torch.module("repro.compose", "-o", str(tmp_path / "p.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load((tmp_path / "p.yaml").read_text()) == yaml.safe_load((repo_root / "params.yaml").read_text())
+    code = (f"from omegaconf import OmegaConf\nfrom repro.config import validate\n"
+            f"cfg = validate(OmegaConf.load({str(tmp_path / 'p.yaml')!r}))\nprint(cfg.longlora.train.precision)\n")
+    out = run_without_torch(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "32-true"
+
+
+@pytest.fixture()
+def params(repo_root):
+    return OmegaConf.load(repo_root / "params.yaml")
+
+
+@pytest.mark.parametrize("old, new", [
+    ("simcse.train.max_grad_norm", "simcse.train.gradient_clip_val"),
+    ("longlora.train.checkpointing", "longlora.train.activation_checkpointing"),
+    ("longlora.model.gradient_checkpointing", "longlora.train.activation_checkpointing"),
+    ("longlora.eval.bf16", "longlora.eval.precision"),
+])
+def test_one_key_per_concern_and_the_retired_keys_fail_by_name(params, old, new):
+    assert OmegaConf.select(params, new) is not None
+    OmegaConf.update(params, old, OmegaConf.select(params, new), force_add=True)
+    with pytest.raises(ConfigError, match=old.replace(".", r"\.")):
+        validate(params)
+
+
+def test_both_trainers_spell_clip_and_precision_alike(params):
+    cfg = validate(params)
+    for section in (cfg.longlora.train, cfg.simcse.train):
+        assert section.gradient_clip_val == 1.0
+        assert section.precision == "32-true"
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("longlora.train.precision", "32", "32-true, 16-mixed, bf16-mixed, bf16-true"),
+    ("simcse.train.precision", "fp32", "32-true, 16-mixed, bf16-mixed, bf16-true"),
+    ("longlora.eval.precision", "16-mixed", "32-true, bf16-mixed"),
+    ("longlora.train.activation_checkpointing", "model", "none, full, alternate"),
+    ("longlora.model.dtype", "fp32", "float32, bfloat16, float16"),
+    ("simcse.encoder.dtype", "bf16", "float32, bfloat16, float16"),
+])
+def test_a_value_outside_its_allowed_set_fails_listing_them(params, key, value, allowed):
+    OmegaConf.update(params, key, value)
+    with pytest.raises(ConfigError) as info:
+        validate(params)
+    assert f"{key}={value!r} is not one of {allowed}" in str(info.value)
+
+
+def test_profiles_checkpoint_activations_as_the_reference(tmp_path):
+    """LongLoRA's fine-tune.py checkpoints every layer; the GPU profiles do, the CPU one does not."""
+    assert validate(_compose(tmp_path, [])).longlora.train.activation_checkpointing == "none"
+    for profile in ("mini", "paper"):
+        assert validate(_compose(tmp_path, [f"profile={profile}"])).longlora.train.activation_checkpointing == "full"

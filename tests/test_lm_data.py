@@ -15,12 +15,12 @@ from transformers import AutoTokenizer
 
 from repro.data import lm_data
 from repro.data.lm_data import (
-    LMDataConfig, PackedBlocks, SourceConfig, TokenizerConfig, lm_data_config_from_dict, load_array,
-    pack_documents, prepare_lm_data, token_stream, write_array,
+    PackedBlocks, lm_data_config_from_dict, load_array, pack_documents, prepare_lm_data, token_stream, write_array,
 )
 from repro.data.synthetic import generate_documents
 from repro.data.text_sources import HubSource, LocalSource, build_source
 from repro.data.tokenizer import build_tokenizer, token_dtype_for
+from repro.schemas import LMDataConfig, SourceConfig, TokenizerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -111,9 +111,6 @@ def test_sampled_stream_keeps_long_documents_drawn_at_random(bpe):
 
 
 def test_roles_must_name_eval_sets():
-    from repro.data.lm_data import LMDataConfig
-    from repro.data.text_sources import SourceConfig
-
     sets = {"books_val": SourceConfig(), "books_test": SourceConfig()}
     assert LMDataConfig(eval_sets=sets, roles={"pg19_validation": "books_val"}).roles["pg19_validation"] == "books_val"
     with pytest.raises(ValueError, match="roles.pg19_test='nope' names no entry"):
@@ -123,7 +120,7 @@ def test_roles_must_name_eval_sets():
 
 
 def test_local_shards_split_a_folder_into_disjoint_sets(tmp_path):
-    from repro.data.text_sources import LocalSource, SourceConfig
+    from repro.data.text_sources import LocalSource
 
     for i in range(5):
         (tmp_path / f"b{i}.txt").write_text(f"book {i}")

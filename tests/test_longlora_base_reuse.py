@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from repro.cli import StageContext
 from repro.config import validate
 from repro.data.synthetic import generate_documents
-from repro.data.tokenizer import TokenizerConfig, build_tokenizer
+from repro.data.tokenizer import build_tokenizer
+from repro.schemas import TokenizerConfig
 from repro.stages import write_stamp
 from repro.workflows import longlora
 from repro.workflows.ablations import variant_config

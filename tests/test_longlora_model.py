@@ -12,23 +12,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from repro.derived import pi_factor
+from repro.models.activation_checkpointing import enable_gradient_checkpointing
 from repro.models.longlora import (
-    EXTRAS_FILE,
-    AdapterConfig,
-    ModelConfig,
     apply_adapter,
     apply_position_interpolation,
     build_base_model,
-    enable_gradient_checkpointing,
-    export_merged,
     load_for_context,
-    load_trained,
     materialize_base,
-    pi_factor,
-    save_trained,
     set_attention,
     trainable_parameter_names,
 )
+from repro.models.longlora_export import EXTRAS_FILE, export_merged, load_trained, save_trained
+from repro.schemas import AdapterConfig, ModelConfig
 
 VOCAB = 80
 TINY = ModelConfig(source="tiny", original_context=32, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -79,6 +75,29 @@ def test_pi_factor_table(target, original, factor):
 def test_pi_factor_rejects_non_positive():
     with pytest.raises(ValueError, match="target_context"):
         pi_factor(0, 4096)
+
+
+def test_pi_factor_is_one_function_importable_without_torch():
+    """The report and the config check use repro.derived; the model code the very same function."""
+    from repro.models import longlora
+
+    assert longlora.pi_factor is pi_factor and pi_factor.__module__ == "repro.derived"
+
+
+def test_model_building_and_saving_do_not_import_each_other():
+    """longlora.py builds, longlora_export.py saves and exports: no import circle between the two."""
+    import ast
+
+    import repro.models.longlora as building
+    import repro.models.longlora_export as saving
+
+    def imported(module) -> set[str]:
+        tree = ast.parse(open(module.__file__).read())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    assert "repro.models.longlora_export" not in imported(building)
+    assert "repro.models.longlora" not in imported(saving)
 
 
 def test_pi_scaled_rotary_matches_unscaled_at_divided_positions():
@@ -186,7 +205,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 @pytest.mark.parametrize("mode", ["lora_plus", "lora"])
 def test_save_trained_reload_and_export_merged(tmp_path, base_dir, tokenizer_dir, mode):
-    from repro.models.attention.s2attn import S2AttnConfig
+    from repro.schemas import S2AttnConfig
 
     target = 64
     model = apply_adapter(load_for_context(base_dir, target), AdapterConfig(mode=mode))

@@ -21,7 +21,7 @@ from repro.data.passkey_format import (
 from repro.evaluation.passkey import (
     PasskeyEvaluator, PasskeyResult, PasskeyTrial, digits_match, passkey_points, passkey_target_ids,
 )
-from repro.evaluation.perplexity import LMEvalConfig
+from repro.schemas import LMEvalConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -14,17 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repro.derived import eval_lengths, extension_lengths, passkey_max_tokens
 from repro.evaluation.perplexity import (
-    LMEvalConfig,
     PerplexityEvaluator,
-    build_lm_eval_config,
     _decoder_and_head,
-    eval_lengths,
-    passkey_max_tokens,
+    build_lm_eval_config,
     press_window_spans,
     select_windows,
     window_starts,
 )
+from repro.schemas import LMEvalConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VOCAB = 128
@@ -223,6 +222,10 @@ def test_eval_lengths_follow_the_training_context():
     assert eval_lengths(cfg, 1000) == [1000]
     assert passkey_max_tokens(cfg, 32768) == 49152  # §4.2: a 32k model tested to 48k
     assert passkey_max_tokens(LMEvalConfig(passkey_max_tokens=5000), 32768) == 5000
+    # the default holds every Table 3 column, so a 32k model is scored at 16384 too
+    assert eval_lengths(LMEvalConfig(), 32768) == [2048, 4096, 8192, 16384, 32768]
+    ext = LMEvalConfig(lengths=[128, 256], extend_lengths=[512, 768, 256])
+    assert extension_lengths(ext, 256) == [512, 768] and extension_lengths(LMEvalConfig(), 256) == []
 
 
 def _smollm2_folder() -> Path | None:

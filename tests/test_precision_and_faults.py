@@ -13,18 +13,13 @@ import torch
 from torch.utils.data import Dataset
 
 from repro.lit.causal_lm import (
-    CausalLMModule,
-    DivergenceError,
-    PackedBlocksDataModule,
-    TrainConfig,
-    build_trainer,
-    fit_resumable,
-    resolve_batch,
+    CausalLMModule, DivergenceError, PackedBlocksDataModule, build_trainer, fit_resumable, resolve_batch,
 )
-from repro.ckpt_store import checkpoint_is_intact, find_resume_checkpoint
-from repro.models.longlora import AdapterConfig, ModelConfig, build_longlora_model
+from repro.models.longlora import build_longlora_model
 from repro.precision import check_trainable_fp32, merge_in_fp32, upcast_trainable
+from repro.resume import checkpoint_is_intact, find_resume_checkpoint
 from repro.scale import BatchSplitError, resolve_strategy, split_global_batch
+from repro.schemas import AdapterConfig, ModelConfig, TrainConfig
 
 VOCAB, CONTEXT = 96, 32
 
@@ -70,7 +65,7 @@ def test_bf16_mixed_moves_norms_and_embeddings_as_fp32_does(tmp_path):
     check_trainable_fp32(bf16)
     assert any(p.dtype == torch.bfloat16 for p in bf16.parameters() if not p.requires_grad)  # frozen base stays bf16
     before32, before16 = _extras(fp32), _extras(bf16)
-    _train(fp32, "32", tmp_path / "a")
+    _train(fp32, "32-true", tmp_path / "a")
     _train(bf16, "bf16-mixed", tmp_path / "b")
     after32, after16 = _extras(fp32), _extras(bf16)
     assert any("norm" in n for n in before32) and any("embed" in n for n in before32)

@@ -18,7 +18,8 @@ from repro.models.attention.registry import (
     register_s2_attention,
     use_full_attention,
 )
-from repro.models.attention.s2attn import S2AttnConfig, s2_attention
+from repro.models.attention.s2attn import s2_attention
+from repro.schemas import S2AttnConfig
 
 torch.manual_seed(0)
 

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from repro.models.attention.piecewise import head_runs
 from repro.models.attention.flash_varlen import s2_flash as _s2_flash
-from repro.models.attention.s2attn import S2AttnConfig, compute_dtype, s2_attention
+from repro.models.attention.s2attn import compute_dtype, s2_attention
+from repro.schemas import S2AttnConfig
 from tools.attention_traffic import TrafficCounter, attention_traffic
 from test_s2attn import dense_attention, dense_mask, sdpa_varlen
 
@@ -299,8 +300,8 @@ def test_bf16_long_context_step_with_flash_backend():
     pytest.importorskip("flash_attn", reason="flash-attn is not installed")
     import transformers
 
+    from repro.models.activation_checkpointing import apply_checkpointing
     from repro.models.attention.registry import apply_attention
-    from repro.models.checkpointing import apply_checkpointing
     from repro.models.chunked_loss import causal_lm_loss
 
     torch.manual_seed(0)

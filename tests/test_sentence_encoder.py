@@ -9,12 +9,9 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from repro.models.sentence_encoder import (
-    EncoderConfig,
-    build_encoder,
-    export_hf,
-    export_sentence_transformers,
-)
+from repro.models.sentence_encoder import build_encoder
+from repro.models.simcse_export import export_hf, export_sentence_transformers
+from repro.schemas import EncoderConfig
 
 WORDS = "the a cat dog sat on mat ran quickly slowly big small red blue house tree over under park".split()
 SENTENCES = [

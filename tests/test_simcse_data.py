@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 
 from repro.data.nli import NLITriplet, load_nli_hub, read_nli_csv, synthetic_triplets
 from repro.data.sentences import SyntheticGrammar, load_wiki1m_hub, read_sentence_file, synthetic_sentences
-from repro.data.simcse_data import (SimCSEDataConfig, build_simcse_data_config, prepare_simcse_data,
-                                    train_wordpiece_tokenizer)
+from repro.data.simcse_data import build_simcse_data_config, prepare_simcse_data, train_wordpiece_tokenizer
 from repro.data.sts import SLOT_WEIGHTS, synthetic_sts_task
+from repro.schemas import SimCSEDataConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CONF = Path(__file__).resolve().parents[1] / "conf" / "sentence_data"

@@ -8,16 +8,10 @@ import lightning as L
 import pytest
 import torch
 
-from repro.lit.simcse import (
-    SimCSECollator,
-    SimCSEDataModule,
-    SimCSEModule,
-    SimCSETrainConfig,
-    build_callbacks,
-    build_trainer_kwargs,
-)
+from repro.lit.simcse import SimCSECollator, SimCSEDataModule, SimCSEModule, build_callbacks, build_trainer_kwargs
 from repro.losses import info_nce
-from repro.models.sentence_encoder import EncoderConfig, build_encoder
+from repro.models.sentence_encoder import build_encoder
+from repro.schemas import EncoderConfig, SimCSETrainConfig
 
 
 @pytest.fixture(scope="module")

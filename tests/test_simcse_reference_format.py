@@ -12,9 +12,10 @@ from omegaconf import OmegaConf
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
 from repro.config import validate
-from repro.lit.simcse import SimCSECollator, SimCSEModule, SimCSETrainConfig
-from repro.models.sentence_encoder import EncoderConfig, build_encoder
+from repro.lit.simcse import SimCSECollator, SimCSEModule
+from repro.models.sentence_encoder import build_encoder
 from repro.models.simcse_export import export_hf, export_sentence_transformers, load_released, released_pooler
+from repro.schemas import EncoderConfig, SimCSETrainConfig
 from repro.workflows.simcse import checkpoint_key, run_encoder_config, run_train_config
 
 WORDS = "the a cat dog sat on mat ran quickly slowly big small red blue house tree over under park".split()
@@ -159,7 +160,7 @@ def test_eval_avg_sts_selects_on_the_mean_of_stsb_and_sickr_dev(tokenizer_dir, t
     trainer.fit(module, datamodule=SimCSEDataModule(SENTENCES * 4, enc.tokenizer, 32, cfg))
     assert Path(callbacks[0].best_model_path).name == "best-step=4.ckpt"
     assert callbacks[0].best_model_score.item() == pytest.approx((0.5 + 0.8) / 2)
-    assert trainer.gradient_clip_val == 1.0  # HF Trainer's max_grad_norm default
+    assert trainer.gradient_clip_val == 1.0  # simcse.train.gradient_clip_val: HF Trainer's max_grad_norm default
 
 
 def test_prepared_data_has_sickr_dev_for_avg_sts(tmp_path):

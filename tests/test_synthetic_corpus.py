@@ -10,7 +10,8 @@ from repro.data.passkey_format import (
     FILLER, QUESTION, TASK_DESCRIPTION, build_passkey_prompt, information_line,
 )
 from repro.data.synthetic import generate_documents
-from repro.data.tokenizer import TokenizerConfig, build_tokenizer
+from repro.data.tokenizer import build_tokenizer
+from repro.schemas import TokenizerConfig
 
 STATEMENT = re.compile(r"(?<!remember , )the code of ([a-z]+)(\d+) \.")
 RECALL = re.compile(r"remember , the code of ([a-z]+)(\d+) \.")

@@ -178,7 +178,7 @@ def test_only_global_rank_zero_tracks_and_writes(monkeypatch, tmp_path):
 
 
 def test_resumed_stage_continues_the_same_run(monkeypatch, tmp_path):
-    from repro.ckpt_store import resumable_run_id
+    from repro.resume import resumable_run_id
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_id = resumable_run_id(tmp_path / "ckpt")

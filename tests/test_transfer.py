@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from repro.evaluation.transfer import TASKS, TransferConfig, evaluate_task, load_task
+from repro.evaluation.transfer import TASKS, evaluate_task, load_task
+from repro.schemas import TransferConfig
 
 
 def test_readers_give_senteval_sizes(shared_data):

@@ -6,7 +6,8 @@ import numpy as np
 
 from repro.data.sentences import SyntheticGrammar
 from repro.data.transfer_synthetic import write_synthetic_transfer
-from repro.evaluation.transfer import TASKS, TransferConfig, evaluate_task, load_task
+from repro.evaluation.transfer import TASKS, evaluate_task, load_task
+from repro.schemas import TransferConfig
 
 
 def test_every_task_loads_balanced_with_its_splits(tmp_path):

@@ -7,17 +7,19 @@
 ``dvc repro`` removes a stage's outputs before it runs the stage's command, so a config that only
 fails inside the command (a value of the wrong type, a group size that does not divide the context)
 costs the previous results. ``make repro`` runs this check first. It does what every stage does at
-start-up (:func:`repro.config.validate`: keys, types, missing values), and then the checks that
+start-up (:func:`repro.config.validate`: keys, types, missing and allowed values), then the checks that
 need derived values, for the main config and for every ablation variant and SimCSE run:
 
 * S2-Attn: the group size ``int(context * group_size_ratio)`` divides the training context, and is
-  even where a half-group shift is used (:func:`repro.models.attention.s2attn.group_size_for`);
-* Position Interpolation: positive contexts (:func:`repro.models.longlora.pi_factor`);
+  even where a half-group shift is used (:func:`repro.derived.group_size_for`);
+* Position Interpolation: positive contexts (:func:`repro.derived.pi_factor`);
 * the tiny base model is pretrained on the training blocks cut to ``original_context``, which
   must divide the training context;
 * each ``simcse.runs.<run>`` merges over ``simcse.train`` (:func:`repro.workflows.simcse.run_train_config`).
 
-Exit status 0 when everything holds; 1 with one line per problem, each naming the config key.
+Exit status 0 when everything holds; 1 with one line per problem, each naming the config key. The
+check imports neither torch, transformers nor lightning (the schemas are :mod:`repro.schemas`, the
+derived values :mod:`repro.derived`); its time is OmegaConf merging the variants.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ def derived_problems(cfg: DictConfig, where: str = "") -> list[str]:
         where: prefix for the messages (e.g. the ablation variant), empty for the main config.
     """
     from repro.config import to_dataclass
-    from repro.models.attention.s2attn import S2AttnConfig, group_size_for
-    from repro.models.longlora import pi_factor
+    from repro.derived import group_size_for, pi_factor
+    from repro.schemas import S2AttnConfig
 
     prefix = f"{where}: " if where else ""
     problems = []

@@ -3,9 +3,11 @@
 The YAML tree under ``conf/`` is composed by Hydra (by DVC's Hydra integration for ``params.yaml``,
 or by the pipeline scripts directly). Composition already rejects overrides of keys that do not
 exist (Hydra's struct mode), e.g. ``-S longlora.train.max_stpes=3``. :func:`validate` then checks
-every section against the dataclass that the library code consumes, so a misspelt key in a YAML
-file, a wrong type or a missing value fails at start-up with the key's full name, never after a
-model has been loaded.
+every section against the dataclass that the library code consumes (all of them in
+:mod:`repro.schemas`), so a misspelt key in a YAML file, a wrong type, a missing value or a value
+outside its allowed set (each dataclass's ``__post_init__``) fails at start-up with the key's full
+name, never after a model has been loaded. Neither this module nor the schemas import torch,
+transformers or lightning.
 
 The schemas are not put into Hydra's ConfigStore: DVC composes ``conf/`` without importing this
 package, so YAML files must compose on their own.
@@ -14,59 +16,27 @@ package, so YAML files must compose on their own.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
-@dataclass
-class RunConfig:
-    """Paths and run-wide settings (``run``)."""
-
-    profile: str = "tiny"
-    experiment: str = ""
-    data_dir: str = "data"
-    model_dir: str = "models"
-    metrics_dir: str = "metrics"
-    plots_dir: str = "plots"
-    cache_dir: str = ".cache/repro"
-    accelerator: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    dry_run: bool = False
-    ckpt_keep_days: float = 7.0
-    num_threads: int = 0
-
-
-@dataclass
-class WandbConfig:
-    """W&B settings (``wandb``); see :mod:`repro.tracking`."""
-
-    project_prefix: str = "repro"
-    entity: str | None = None
-    group: str | None = None
-    dir: str = "."
-    init_timeout_s: float = 5.0
-
-
 # dotted key -> "module:Class" of the dataclass that the code consuming it expects.
 SECTION_SCHEMAS: dict[str, str] = {
-    "run": "repro.config:RunConfig",
-    "wandb": "repro.config:WandbConfig",
-    "longlora.data": "repro.data.lm_data:LMDataConfig",
-    "longlora.model": "repro.models.longlora:ModelConfig",
-    "longlora.attention": "repro.models.attention.s2attn:S2AttnConfig",
-    "longlora.adapter": "repro.models.longlora:AdapterConfig",
-    "longlora.base": "repro.stages:BaseTrainConfig",
-    "longlora.train": "repro.lit.causal_lm:TrainConfig",
-    "longlora.eval": "repro.evaluation.perplexity:LMEvalConfig",
-    "simcse.encoder": "repro.models.sentence_encoder:EncoderConfig",
-    "simcse.data": "repro.data.simcse_data:SimCSEDataConfig",
-    "simcse.train": "repro.lit.simcse:SimCSETrainConfig",
-    "simcse.eval": "repro.stages:SimCSEEvalConfig",
-    "simcse.transfer": "repro.evaluation.transfer:TransferConfig",
+    "run": "repro.schemas:RunConfig",
+    "wandb": "repro.schemas:WandbConfig",
+    "longlora.data": "repro.schemas:LMDataConfig",
+    "longlora.model": "repro.schemas:ModelConfig",
+    "longlora.attention": "repro.schemas:S2AttnConfig",
+    "longlora.adapter": "repro.schemas:AdapterConfig",
+    "longlora.base": "repro.schemas:BaseTrainConfig",
+    "longlora.train": "repro.schemas:TrainConfig",
+    "longlora.eval": "repro.schemas:LMEvalConfig",
+    "simcse.encoder": "repro.schemas:EncoderConfig",
+    "simcse.data": "repro.schemas:SimCSEDataConfig",
+    "simcse.train": "repro.schemas:SimCSETrainConfig",
+    "simcse.eval": "repro.schemas:SimCSEEvalConfig",
+    "simcse.transfer": "repro.schemas:TransferConfig",
 }
 
 TOP_LEVEL_KEYS = {"seed", "run", "wandb", "longlora", "simcse", "ablations"}
@@ -111,6 +81,11 @@ def validate(cfg: DictConfig, sections: dict[str, str] | None = None) -> DictCon
             key = getattr(exc, "full_key", "") or ""
             where = f"{dotted}.{key}" if key else dotted
             raise ConfigError(f"invalid config at '{where}': {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+        if not OmegaConf.missing_keys(typed):
+            try:  # the dataclass's own checks (__post_init__): allowed values, ranges
+                OmegaConf.to_object(typed)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"invalid config at '{dotted}': {exc}") from exc
         OmegaConf.update(out, dotted, typed, merge=False)
     for dotted in sections:
         missing = OmegaConf.missing_keys(OmegaConf.select(out, dotted))

@@ -9,9 +9,10 @@ divide the context) fails here, before any data or weights are touched.
 
 The memory estimate counts weights (frozen in ``longlora.model.dtype``, trainable as fp32 master weights),
 gradients and AdamW's two fp32 moments, divided as the strategy shards them (ZeRO-2: gradients and optimizer
-state; FSDP / ZeRO-3: everything), plus activations per micro batch: with gradient checkpointing one bf16
-hidden state per layer and one layer's working set; without it ~34·h bytes per token and layer
-(Korthikanti et al., 2022, flash attention, no T² scores), and the fp32 logits and their gradient.
+state; FSDP / ZeRO-3: everything), plus activations per micro batch: for a checkpointed layer
+(``longlora.train.activation_checkpointing``: every layer for ``full``, every other for ``alternate``) one bf16
+hidden state, plus one layer's working set; for the others ~34·h bytes per token and layer
+(Korthikanti et al., 2022, flash attention, no T² scores); and the fp32 logits and their gradient.
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ def _gguf_config(folder: str, gguf_file: str):
 def _llama_meta(cfg: DictConfig):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from repro.models.longlora import ModelConfig, apply_position_interpolation, gguf_folder
     from repro.config import to_dataclass
+    from repro.models.longlora import apply_position_interpolation, gguf_folder
+    from repro.schemas import ModelConfig
 
     m = to_dataclass(cfg.longlora.model, ModelConfig)
     if m.source == "gguf":
@@ -122,9 +124,10 @@ def check_derived(cfg: DictConfig) -> None:
 def longlora_plan(cfg: DictConfig) -> Plan:
     """The LongLoRA train stage's plan (model built on the meta device with its adapter)."""
     from repro.config import to_dataclass
-    from repro.lit.causal_lm import TrainConfig, resolve_batch
+    from repro.lit.causal_lm import resolve_batch
+    from repro.models.longlora import apply_adapter
     from repro.scale import resolve_strategy
-    from repro.models.longlora import AdapterConfig, apply_adapter
+    from repro.schemas import AdapterConfig, TrainConfig
 
     train = resolve_batch(to_dataclass(cfg.longlora.train, TrainConfig), _world(cfg))
     check_derived(cfg)
@@ -138,10 +141,9 @@ def longlora_plan(cfg: DictConfig) -> Plan:
     strategy = resolve_strategy(str(cfg.run.strategy), adapter.mode, _world(cfg))
     tokens = train.batch_size * train.context_length
     h, layers = config.hidden_size, config.num_hidden_layers
-    if m.gradient_checkpointing:
-        act = layers * tokens * h * 2 + tokens * (34 * h)
-    else:
-        act = layers * tokens * 34 * h
+    # longlora.train.activation_checkpointing: a checkpointed layer keeps its bf16 input, one layer is recomputed
+    kept = {"none": 0, "full": layers, "alternate": (layers + 1) // 2}[train.activation_checkpointing]
+    act = kept * tokens * h * 2 + (layers - kept) * tokens * 34 * h + (tokens * 34 * h if kept else 0)
     act += tokens * config.vocab_size * 4 * 2  # fp32 logits and their gradient
     mem = _memory_bytes(total - trainable, trainable, _BYTES[m.dtype], strategy, _world(cfg), act)
     return Plan("longlora_train", f"{m.source}:{m.name_or_path or m.gguf_file if m.source != 'tiny' else 'tiny'}"

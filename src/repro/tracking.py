@@ -138,7 +138,7 @@ def init_run(
         name: from :func:`make_run_name`.
         group: experiment or sweep name.
         save_dir: where the ``wandb/`` folder goes (default: ``cfg.wandb.dir``).
-        run_id: a stable id (:func:`repro.ckpt_store.resumable_run_id`); with it the run is resumed when it
+        run_id: a stable id (:func:`repro.resume.resumable_run_id`); with it the run is resumed when it
             already exists.
 
     Only the global rank zero logs: on other ranks this returns a disabled run, so an 8-GPU job

@@ -28,60 +28,23 @@ import random
 import re
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from repro.data.text_sources import SourceConfig, build_source, source_identity
+from repro.data.text_sources import build_source, source_identity
 from repro.data.packed import PackedBlocks  # noqa: F401  (re-exported)
 from repro.data.token_cache import load_array, read_sidecar, sha256_file, sidecar, write_array  # noqa: F401
-from repro.data.tokenizer import TokenizerConfig, build_tokenizer, token_dtype_for
+from repro.data.tokenizer import build_tokenizer, token_dtype_for
 from repro.fingerprint import fingerprint as content_fingerprint
+from repro.schemas import LMDataConfig
 
 FORMAT_VERSION = 2
-EVAL_ROLES = ("pg19_validation", "pg19_test", "proof_pile_test")
 TOKENIZER_FINGERPRINT_FILE = "repro_fingerprint.json"
 _EVAL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-@dataclass
-class LMDataConfig:
-    """``longlora.data``: the training source, named evaluation sources, and the tokenizer.
-
-    Attributes:
-        train: documents to pack into training blocks (RedPajama in the paper).
-        eval_sets: name -> documents for a perplexity token stream (PG19 and proof-pile test in the paper).
-        tokenizer: the tokenizer config.
-        max_train_tokens: cap on the joined training stream before packing (0 = no cap; -1 = derived
-            from the schedule by :func:`train_token_cap`).
-        train_token_margin: extra share of tokens the derived cap adds (the packing remainder is dropped).
-        num_proc: processes for ``datasets.map`` tokenisation of hub sources (``fine-tune.py``'s ``num_proc``).
-        max_eval_tokens: cap on each evaluation stream (0 = no cap); whole documents only, so long
-            documents are never cut (the first document is kept whole even when it alone exceeds it).
-        roles: the paper's evaluation sets -> the ``eval_sets`` entry that plays each role
-            (``pg19_validation``: Table 2, Table 6, Figure 5 and step 0; ``pg19_test``: Table 4;
-            ``proof_pile_test``: Table 3, sampled as ``test_sampled_data.bin``).
-    """
-
-    train: SourceConfig = field(default_factory=SourceConfig)
-    eval_sets: dict[str, SourceConfig] = field(default_factory=dict)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    max_train_tokens: int = 0
-    max_eval_tokens: int = 0
-    train_token_margin: float = 0.0
-    num_proc: int = 1
-    roles: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for role, name in self.roles.items():
-            if role not in EVAL_ROLES:
-                raise ValueError(f"longlora.data.roles key {role!r} is not one of {EVAL_ROLES}")
-            if name not in self.eval_sets:
-                raise ValueError(f"longlora.data.roles.{role}={name!r} names no entry of eval_sets "
-                                 f"({sorted(self.eval_sets)})")
 
 
 def lm_data_config_from_dict(data: Any) -> LMDataConfig:

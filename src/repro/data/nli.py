@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from repro.data.hub_files import hub_dataset_file
-from repro.data.sentences import WIKI1M_REPO, Slots, SyntheticGrammar, render, sample_slots
+from repro.data.sentences import Slots, SyntheticGrammar, render, sample_slots
+from repro.schemas import NLI_FILE, WIKI1M_REPO
 
 log = logging.getLogger(__name__)
 
-NLI_FILE = "nli_for_simcse.csv"
 NLI_COLUMNS = ("sent0", "sent1", "hard_neg")
 
 

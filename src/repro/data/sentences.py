@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from repro.data.hub_files import hub_dataset_file
+from repro.schemas import WIKI1M_FILE, WIKI1M_REPO
 
 log = logging.getLogger(__name__)
-
-WIKI1M_REPO = "princeton-nlp/datasets-for-simcse"
-WIKI1M_FILE = "wiki1m_for_simcse.txt"
 
 SLOTS = ("subject", "adjective", "verb", "object", "place")
 

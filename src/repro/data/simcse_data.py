@@ -19,17 +19,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Optional
+from typing import Any
 
 from repro.fingerprint import file_sha256, fingerprint as content_fingerprint
-from repro.data.nli import NLI_FILE, load_nli_hub, read_nli_csv, synthetic_triplets, write_nli_csv
-from repro.data.sentences import (WIKI1M_FILE, WIKI1M_REPO, load_wiki1m_hub, read_sentence_file,
-                                  synthetic_sentences)
+from repro.data.nli import load_nli_hub, read_nli_csv, synthetic_triplets, write_nli_csv
+from repro.data.sentences import load_wiki1m_hub, read_sentence_file, synthetic_sentences
 from repro.data.sts import (STSTask, TASK_KEYS, load_sts_hub, read_sts_task, synthetic_sts_task,
                             write_sts_tsv)
+from repro.schemas import SimCSEDataConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,60 +41,6 @@ OBJECTIVES = ("unsup", "sup", "both")
 EVAL_SPLITS = MappingProxyType({"STSBenchmark": ("dev", "test"), "SICKRelatedness": ("trial", "test")})
 HUB_EVAL_SPLITS = MappingProxyType({"STSBenchmark": ("dev", "test"), "SICKRelatedness": ("test",)})
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
-
-@dataclass
-class SimCSEDataConfig:
-    """Where SimCSE data comes from and how much of it (Hydra group ``sentence_data``, ``simcse.data``).
-
-    Attributes:
-        source: ``synthetic`` (grammar stand-in), ``local`` (files on disk) or ``hub``.
-        objective: ``unsup`` (sentences), ``sup`` (NLI triplets) or ``both``.
-        wiki_path: local: one-sentence-per-line text file (wiki1m format).
-        nli_path: local: ``sent0,sent1,hard_neg`` CSV.
-        sts_root: local: STS folder in ``sts_layout`` (SentEval ``downstream`` folder or TSV folder).
-        sts_layout: ``senteval`` or ``tsv``.
-        hub_repo: hub dataset repo with the SimCSE training files.
-        hub_wiki_file: file name of wiki1m in ``hub_repo``.
-        hub_nli_file: file name of the NLI triplets in ``hub_repo``.
-        hub_stsb_repo: STS-B repo (``sentence-transformers/stsb`` or ``mteb/stsbenchmark-sts``).
-        hub_revision: pinned revision of ``hub_repo`` (None: default branch).
-        hub_local_root: folder holding the hub repos laid out as on the hub (``<root>/<repo_id>/<file>``),
-            read by the same loaders offline (None: download through the hub cache).
-        max_sentences: keep the first N training sentences (None: all).
-        max_triplets: keep the first N triplets (None: all).
-        n_sentences: synthetic: number of training sentences.
-        n_triplets: synthetic: number of triplets.
-        n_sts_pairs: synthetic: pairs per STS task (split into subsets for STS12–16).
-        seed: synthetic: generator seed.
-        train_tokenizer: also train a WordPiece tokenizer on the training text (tiny encoder).
-        vocab_size: WordPiece vocabulary size.
-        lowercase: lower-case in the tokenizer's normaliser (as bert-base-uncased).
-        note: provenance label for reports (e.g. that a local STS copy has held-out pairs).
-    """
-
-    source: str = "synthetic"
-    objective: str = "both"
-    wiki_path: Optional[str] = None
-    nli_path: Optional[str] = None
-    sts_root: Optional[str] = None
-    sts_layout: str = "senteval"
-    hub_repo: str = WIKI1M_REPO
-    hub_wiki_file: str = WIKI1M_FILE
-    hub_nli_file: str = NLI_FILE
-    hub_stsb_repo: str = "sentence-transformers/stsb"
-    hub_revision: Optional[str] = None
-    hub_local_root: Optional[str] = None
-    max_sentences: Optional[int] = None
-    max_triplets: Optional[int] = None
-    n_sentences: int = 2000
-    n_triplets: int = 1000
-    n_sts_pairs: int = 200
-    seed: int = 0
-    train_tokenizer: bool = False
-    vocab_size: int = 2000
-    lowercase: bool = True
-    note: str = ""
 
 
 def build_simcse_data_config(cfg: Mapping[str, Any] | SimCSEDataConfig) -> SimCSEDataConfig:

@@ -18,92 +18,17 @@ import json
 import re
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from repro.data.synthetic import generate_documents
+from repro.schemas import SourceConfig
 
 SOURCE_KINDS = ("synthetic", "local", "hub")
 TEXT_SUFFIXES = (".txt", ".tex")
 JSONL_SUFFIXES = (".jsonl",)
 GUTENBERG_START = re.compile(r"^\s*\*{3}\s*START OF", re.IGNORECASE)
 GUTENBERG_END = re.compile(r"^\s*\*{3}\s*END OF", re.IGNORECASE)
-
-
-@dataclass
-class SourceConfig:
-    """Where one set of documents comes from (``longlora.data.train`` or an entry of ``eval_sets``).
-
-    Attributes:
-        kind: ``"synthetic"``, ``"local"`` or ``"hub"``.
-        path: local file or directory (``local``), relative to the working directory (the repo root).
-        glob: pattern of files inside a directory (``local``), e.g. ``"**/*.tex"``; empty = every
-            ``.txt`` / ``.tex`` / ``.jsonl`` file directly inside it.
-        hub_name: dataset id on the hub (``hub``), e.g. ``"togethercomputer/RedPajama-Data-1T-Sample"``.
-        hub_config: dataset config name (``hub``); ``None`` for the default.
-        hub_split: split to stream (``hub``).
-        hub_data_files: ``data_files`` pattern for a packaged loader (``hub_name: json``), e.g.
-            ``hf://datasets/togethercomputer/RedPajama-Data-1T-Sample/*.jsonl`` for repositories whose
-            loading script ``datasets`` >= 4 no longer runs; the split of such a load is ``train``.
-        text_field: field holding the text in hub rows and jsonl lines.
-        max_docs: stop after this many documents (0 = all).
-        errors: ``"strict"`` (undecodable UTF-8 is an error) or ``"replace"`` (replace and warn with a count).
-        strip_gutenberg: keep only the body between the Gutenberg START/END markers in ``.txt`` files.
-        seed: random seed (``synthetic``).
-        num_docs: number of documents (``synthetic``).
-        passkey_fraction: share of passkey documents (``synthetic``).
-        num_facts: facts per fact document (``synthetic``).
-        code_digits: digits per fact code (``synthetic``).
-        filler_sentences: filler sentences per fact document (``synthetic``).
-        passkey_max_filler: most filler repetitions in a passkey document (``synthetic``).
-        copy_fraction: share of copy documents (``synthetic``; a sequence repeated after filler).
-        num_shards, shard_index: keep every ``num_shards``-th file of a local directory starting at
-            ``shard_index`` (sorted order), so one folder of books yields disjoint PG19-style validation
-            and test sets with whole books in each.
-        min_doc_tokens: keep only documents with at least this many tokens (proof-pile's
-            ``test_sampled_data.bin``: 32768); applied when the stream is tokenised.
-        sample_docs: then keep this many documents drawn at random without replacement (128 there; all
-            when fewer qualify), in their original order; 0 = all.
-        sample_seed: seed of that draw.
-        streaming: stream the hub dataset instead of loading it whole (``fine-tune.py`` loads it whole).
-        shuffle_seed: shuffle a hub dataset's rows with this seed before reading (``None`` = file order),
-            so a token cap samples every subset of the RedPajama sample instead of its first files.
-    """
-
-    kind: str = "synthetic"
-    path: Optional[str] = None
-    glob: str = ""
-    hub_name: Optional[str] = None
-    hub_config: Optional[str] = None
-    hub_split: str = "train"
-    hub_data_files: Optional[str] = None
-    text_field: str = "text"
-    max_docs: int = 0
-    errors: str = "strict"
-    strip_gutenberg: bool = True
-    seed: int = 0
-    num_docs: int = 256
-    passkey_fraction: float = 0.25
-    num_facts: int = 6
-    code_digits: int = 5
-    filler_sentences: int = 60
-    passkey_max_filler: int = 18
-    copy_fraction: float = 0.0
-    num_shards: int = 1
-    shard_index: int = 0
-    min_doc_tokens: int = 0
-    sample_docs: int = 0
-    sample_seed: int = 0
-    streaming: bool = False
-    shuffle_seed: Optional[int] = None
-
-    def __post_init__(self) -> None:
-        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
-            raise ValueError(f"shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})")
-        for name in ("min_doc_tokens", "sample_docs", "max_docs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def decode_utf8(data: bytes, name: str, errors: str = "strict") -> str:
@@ -330,7 +255,6 @@ class SyntheticSource:
             code_digits=cfg.code_digits,
             filler_sentences=cfg.filler_sentences,
             passkey_max_filler=cfg.passkey_max_filler,
-            copy_fraction=cfg.copy_fraction,
         )
 
 

@@ -10,37 +10,15 @@ the same interface and save to a folder that ``AutoTokenizer.from_pretrained`` r
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Optional
 
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from repro.models.hf_common import load_tokenizer
+from repro.schemas import TokenizerConfig
 
 SPECIAL_TOKENS = ("<bos>", "<eos>", "<pad>", "<unk>")
 TOKENIZER_KINDS = ("bpe", "pretrained")
-
-
-@dataclass
-class TokenizerConfig:
-    """Which tokenizer to use (``longlora.data.tokenizer``).
-
-    Attributes:
-        kind: ``"bpe"`` (train a byte-level BPE on the training texts) or ``"pretrained"``.
-        vocab_size: BPE vocabulary size including the four special tokens (``bpe`` only).
-        min_frequency: minimum pair frequency for a BPE merge (``bpe`` only).
-        train_max_chars: at most this many characters of training text feed the BPE trainer (0 = all).
-        name_or_path: HF model id or folder (``pretrained``); ``None`` means "the model's own", which the
-            caller passes to :func:`build_tokenizer` as ``model_name_or_path``.
-        gguf_file: a GGUF file inside ``name_or_path`` to read the tokenizer from (``pretrained`` only).
-    """
-
-    kind: str = "bpe"
-    vocab_size: int = 512
-    min_frequency: int = 2
-    train_max_chars: int = 20_000_000
-    name_or_path: Optional[str] = None
-    gguf_file: Optional[str] = None
 
 
 def _capped(texts: Iterable[str], max_chars: int) -> Iterator[str]:

@@ -32,81 +32,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class LMEvalConfig:
-    """Long-context evaluation settings (``longlora.eval`` in params.yaml).
-
-    Attributes:
-        lengths: evaluation lengths for perplexity (Table 3's columns: 2048 to 32768);
-            :func:`eval_lengths` keeps those up to the training context and adds it.
-        extend_lengths: perplexity lengths *beyond* the training context, scored with the PI-only
-            extension (§4.2: the fine-tuned model's RoPE interpolated further, no training), reported as
-            a curve of its own (:func:`extension_lengths`).
-        stride: sliding-window stride ``S`` (256 in LongLoRA's eval.py).
-        batch_size: windows per forward pass.
-        max_windows: cap on windows per length; ``0`` means no cap. A cap keeps an evenly spaced,
-            deterministic subset (see :func:`select_windows`), so CPU runs stay affordable.
-        ce_chunk_size: sequence positions per chunk when applying the LM head and cross-entropy.
-        bf16: use bf16 autocast; honoured only when the model sits on a CUDA device.
-        passkey_interval: passkey test points every this many tokens (``--interval``, 1000 there).
-        passkey_max_tokens: last test point (``--max_tokens``); ``0`` = 1.5 x the training context,
-            as §4.2 tests a 32k model to 48k with a PI-only extension.
-        passkey_trials: trials per test point (``--num_tests``, 10 there); trial ``k`` uses seed ``k``.
-        passkey_chars_per_token: filler characters per target token (the reference's rough 3.75).
-        passkey_garbage_quantum: filler lengths are rounded down to a multiple of this (1024 there).
-    """
-
-    lengths: list[int] = field(default_factory=lambda: [2048, 4096, 8192, 16384, 32768])
-    extend_lengths: list[int] = field(default_factory=list)
-    stride: int = 256
-    batch_size: int = 1
-    max_windows: int = 0
-    ce_chunk_size: int = 1024
-    bf16: bool = True
-    passkey_interval: int = 1000
-    passkey_max_tokens: int = 0
-    passkey_trials: int = 10
-    passkey_chars_per_token: float = 3.75
-    passkey_garbage_quantum: int = 1024
-
-    def __post_init__(self) -> None:
-        for name in ("stride", "batch_size", "ce_chunk_size", "passkey_trials", "passkey_interval",
-                     "passkey_garbage_quantum"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"longlora.eval.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_windows is None:
-            self.max_windows = 0
-        for name in ("max_windows", "passkey_max_tokens"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"longlora.eval.{name} must be >= 0 (0 = default), got {getattr(self, name)}")
-        if not float(self.passkey_chars_per_token) > 0:
-            raise ValueError(f"longlora.eval.passkey_chars_per_token must be > 0, got {self.passkey_chars_per_token}")
-        bad = [v for v in self.lengths if int(v) < 2]
-        if bad:
-            raise ValueError(f"longlora.eval.lengths must hold lengths >= 2, got {bad}")
-
-
-def eval_lengths(cfg: LMEvalConfig, context_length: int) -> list[int]:
-    """Perplexity lengths for a model trained at ``context_length``: configured ones up to it, plus it."""
-    return sorted({int(n) for n in cfg.lengths if int(n) <= context_length} | {int(context_length)})
-
-
-def extension_lengths(cfg: LMEvalConfig, context_length: int) -> list[int]:
-    """Perplexity lengths beyond ``context_length`` (``extend_lengths``), for the PI-only extension."""
-    return sorted({int(n) for n in cfg.extend_lengths if int(n) > context_length})
-
-
-def passkey_max_tokens(cfg: LMEvalConfig, context_length: int) -> int:
-    """The last passkey test point: ``passkey_max_tokens`` or, when 0, 1.5 x the training context."""
-    return int(cfg.passkey_max_tokens) or (3 * int(context_length)) // 2
+from repro.schemas import LMEvalConfig
 
 
 def build_lm_eval_config(cfg: Mapping[str, Any] | LMEvalConfig) -> LMEvalConfig:
@@ -301,7 +234,7 @@ class PerplexityEvaluator:
     """Sliding-window perplexity over one token stream, at one or several lengths.
 
     Args:
-        config: evaluation settings (``stride``, ``batch_size``, ``max_windows``, ``ce_chunk_size``, ``bf16``).
+        config: evaluation settings (``stride``, ``batch_size``, ``max_windows``, ``ce_chunk_size``, ``precision``).
     """
 
     def __init__(self, config: LMEvalConfig | Mapping[str, Any] | None = None) -> None:

@@ -20,49 +20,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from repro.schemas import TASKS, TransferConfig
+
 log = logging.getLogger(__name__)
-TASKS = ("MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC")
 CV_TASKS = ("MR", "CR", "SUBJ", "MPQA")
 _BINARY = {"MR": ("MR/rt-polarity.pos", "MR/rt-polarity.neg"), "CR": ("CR/custrev.pos", "CR/custrev.neg"),
            "SUBJ": ("SUBJ/subj.objective", "SUBJ/subj.subjective"), "MPQA": ("MPQA/mpqa.pos", "MPQA/mpqa.neg")}
 EncodeFn = Callable[[list[str]], "np.ndarray"]
-
-
-@dataclass
-class TransferConfig:
-    """``simcse.transfer``: which tasks, where the data is, and the protocol's sizes.
-
-    Attributes:
-        tasks: subset of :data:`TASKS`.
-        data_dir: SentEval ``downstream`` folder (relative to the repository root), or ``synthetic`` for the
-            stand-ins that ``simcse_prepare`` writes (:mod:`repro.data.transfer_synthetic`).
-        kfold: outer folds for MR/CR/SUBJ/MPQA (SentEval: 10).
-        inner_kfold: folds that choose C (SentEval: 10; fewer keeps the tiny profile fast).
-        max_examples: keep a stratified-by-shuffle subset of at most N examples per split (None: all;
-            set only to keep the tiny profile fast — scores then are not SentEval's).
-        seed: fold shuffling seed (SentEval: 1111).
-        batch_size: sentences per encoder call.
-    """
-
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    data_dir: str = "synthetic"
-    kfold: int = 10
-    inner_kfold: int = 10
-    max_examples: int | None = None
-    seed: int = 1111
-    batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown:
-            raise ValueError(f"unknown transfer task(s) {unknown} (key 'simcse.transfer.tasks'); valid: {TASKS}")
-        if self.kfold < 2 or self.inner_kfold < 2:
-            raise ValueError("'simcse.transfer.kfold' and 'inner_kfold' must be >= 2")
 
 
 def _lines(path: Path, encoding: str = "latin-1") -> list[str]:

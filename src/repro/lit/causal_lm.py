@@ -16,7 +16,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,57 +26,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from repro.ckpt_store import find_resume_checkpoint
 from repro.lit.ranks import any_rank
-from repro.models.checkpointing import apply_checkpointing
+from repro.models.activation_checkpointing import apply_checkpointing
 from repro.models.chunked_loss import causal_lm_loss
-
-_PRECISIONS = ("32", "bf16-mixed", "bf16-true")
-
-
-@dataclass
-class TrainConfig:
-    """Training hyper-parameters (``longlora.train`` in the Hydra config).
-
-    Attributes:
-        context_length: Target context (tokens per block): 8192 and up in the paper, e.g. 512 on the tiny profile.
-        max_steps: Optimizer steps (paper: 1000).
-        global_batch_size: Blocks per optimizer step over all devices, as the paper states it (§4.1: 64 =
-            1 per device × 8 accumulation × 8 GPUs). 0 means ``batch_size × grad_accum × world size``.
-        batch_size: Blocks per micro-batch on each device (paper: 1).
-        grad_accum: Micro-batches per optimizer step on each device. Derived from ``global_batch_size`` by
-            :func:`resolve_batch` (leave it 0 in configs); only set directly when ``global_batch_size`` is 0.
-        lr: Peak learning rate (paper §4.1: 2e-5 for 7B/13B, 1e-5 for 70B).
-        weight_decay: AdamW weight decay (paper: 0).
-        warmup_steps: Linear warm-up steps before the constant rate (paper: 20).
-        gradient_clip_val: Max global gradient norm (HF Trainer default 1.0, used by the reference runs).
-        precision: Lightning precision, ``"32"``, ``"bf16-mixed"`` or ``"bf16-true"``.
-        seed: Seed for the data order and Lightning's ``seed_everything``.
-        log_every_n_steps: Logging interval in optimizer steps.
-        ckpt_every_n_steps: Checkpoint interval in optimizer steps (``last.ckpt`` is always refreshed).
-        num_workers: DataLoader worker processes.
-        loss_chunk_size: Positions per chunk of the LM loss (0: the model's own loss on full logits); see
-            ``repro.models.chunked_loss``.
-        checkpointing: Activation-checkpointing policy (``model``, ``none``, ``full``, ``alternate``); see
-            ``repro.models.checkpointing``. ``model`` keeps ``longlora.model.gradient_checkpointing``.
-    """
-
-    context_length: int = 512
-    max_steps: int = 1000
-    global_batch_size: int = 0
-    batch_size: int = 1
-    grad_accum: int = 0
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    gradient_clip_val: float = 1.0
-    precision: str = "32"
-    seed: int = 0
-    log_every_n_steps: int = 1
-    ckpt_every_n_steps: int = 100
-    num_workers: int = 0
-    loss_chunk_size: int = 0
-    checkpointing: str = "model"
+from repro.resume import find_resume_checkpoint
+from repro.schemas import TrainConfig
 
 
 def resolve_batch(train_cfg: TrainConfig, world_size: int, prefix: str = "longlora.train") -> TrainConfig:
@@ -149,7 +103,7 @@ class CausalLMModule(L.LightningModule):
 
     def __init__(self, model: torch.nn.Module, train_cfg: TrainConfig, config_dicts: dict[str, Any] | None = None):
         super().__init__()
-        self.model = apply_checkpointing(model, train_cfg.checkpointing)
+        self.model = apply_checkpointing(model, train_cfg.activation_checkpointing)
         self.train_cfg = train_cfg
         self.save_hyperparameters({"train": asdict(train_cfg), **(config_dicts or {})})
         self.strict_loading = False
@@ -330,12 +284,11 @@ def build_trainer(
     when it does not divide), so the module, the data module and the trainer share one ``train_cfg``. Use it with
     :func:`fit_resumable` so a rerun continues from the newest intact checkpoint after a crash.
 
+    ``train_cfg.precision`` is checked by :class:`repro.schemas.TrainConfig` itself (Lightning's strings).
+
     Raises:
-        ValueError: naming ``longlora.train.precision`` for an unknown precision, or when ``grad_accum`` is not
-            resolved.
+        ValueError: when ``grad_accum`` is not resolved.
     """
-    if train_cfg.precision not in _PRECISIONS:
-        raise ValueError(f"longlora.train.precision={train_cfg.precision!r}; expected one of {_PRECISIONS}")
     if train_cfg.grad_accum < 1:
         raise ValueError(f"train_cfg.grad_accum={train_cfg.grad_accum} is unresolved: pass resolve_batch(train_cfg, "
                          f"{devices * num_nodes}), which derives it from longlora.train.global_batch_size")

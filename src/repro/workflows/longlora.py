@@ -22,9 +22,10 @@ from omegaconf import DictConfig
 
 from repro.cli import StageContext
 from repro.config import to_dataclass
-from repro.ckpt_store import code_version, prune_stale_checkpoints, resumable_run_id
 from repro.fingerprint import fingerprint as content_fingerprint
-from repro.stages import STAMP, BaseTrainConfig, reuse_or_cache, write_stamp
+from repro.resume import code_version, prune_stale_checkpoints, resumable_run_id
+from repro.schemas import BaseTrainConfig, LMDataConfig
+from repro.stages import STAMP, reuse_or_cache, write_stamp
 from repro.tracking import init_run, is_global_zero, make_run_name, record_run, write_csv, write_metrics
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ PAPER = "longlora"
 
 def _data_identity(data: DictConfig) -> list[dict]:
     """What the data is made of beyond its config: generator version, local files' content digests."""
-    from repro.data.lm_data import LMDataConfig
     from repro.data.text_sources import source_identity
 
     typed = to_dataclass(data, LMDataConfig)
@@ -50,7 +50,6 @@ def base_data_identity(ll: DictConfig) -> list:
     The base stands in for the pretrained model LongLoRA starts from (Llama-2 at 4k), which is one model
     for every target context (Table 3); so a variant that only changes ``longlora.train`` reuses it.
     """
-    from repro.data.lm_data import LMDataConfig
     from repro.data.text_sources import source_identity
 
     return [ll.data.train, ll.data.tokenizer, source_identity(to_dataclass(ll.data, LMDataConfig).train),
@@ -128,7 +127,7 @@ def run_tags(cfg: DictConfig) -> dict[str, Any]:
 
 def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
     """Tokenise and pack the training data; write evaluation token streams (cached by fingerprint)."""
-    from repro.data.lm_data import LMDataConfig, prepare_lm_data
+    from repro.data.lm_data import prepare_lm_data
     from repro.models.longlora import gguf_folder
 
     ll = cfg.longlora
@@ -158,9 +157,10 @@ def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
 
 def build_base(cfg: DictConfig, ctx: StageContext) -> Path:
     """Materialise the base model folder (pretraining the tiny model from scratch when needed)."""
-    from repro.lit.causal_lm import CausalLMModule, PackedBlocksDataModule, TrainConfig, build_trainer, fit_resumable
+    from repro.lit.causal_lm import CausalLMModule, PackedBlocksDataModule, build_trainer, fit_resumable
     from repro.data.packed import PackedBlocks
-    from repro.models.longlora import ModelConfig, build_base_model, materialize_base
+    from repro.models.longlora import build_base_model, materialize_base
+    from repro.schemas import ModelConfig, TrainConfig
     from transformers import AutoTokenizer
 
     ll = cfg.longlora
@@ -236,13 +236,12 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
     from transformers import AutoTokenizer
 
     from repro.data.lm_data import PackedBlocks
-    from repro.lit.causal_lm import CausalLMModule, PackedBlocksDataModule, TrainConfig, build_trainer, fit_resumable
+    from repro.derived import pi_factor
+    from repro.lit.causal_lm import CausalLMModule, PackedBlocksDataModule, build_trainer, fit_resumable
     from repro.lit.history import HistoryRecorder
-    from repro.models.attention.s2attn import S2AttnConfig
-    from repro.models.longlora import (
-        AdapterConfig, ModelConfig, build_longlora_model, export_merged, pi_factor, save_trained,
-        trainable_parameter_names,
-    )
+    from repro.models.longlora import build_longlora_model, trainable_parameter_names
+    from repro.models.longlora_export import export_merged, save_trained
+    from repro.schemas import AdapterConfig, ModelConfig, S2AttnConfig, TrainConfig
 
     from repro.lit.causal_lm import DivergenceError, resolve_batch
     from repro.scale import build_strategy, resolve_strategy

@@ -93,20 +93,20 @@ def _passkey(model, passkey_eval, points, model_name: str, target: int, metrics:
 def evaluate(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
     """Perplexity (eval.py protocol + Press variant) with full attention and with S2-Attn, and passkey.
 
-    Every evaluation set is scored at :func:`~repro.evaluation.perplexity.eval_lengths` (up to the training
+    Every evaluation set is scored at :func:`~repro.derived.eval_lengths` (up to the training
     context) with the models as trained; at the training context the fine-tuned model is also tested with
     its training attention (Table 6's "S2-Attn" column beside the "full attention" one). Passkey runs at the
-    reference's test points up to :func:`~repro.evaluation.perplexity.passkey_max_tokens`: points within
+    reference's test points up to :func:`~repro.derived.passkey_max_tokens`: points within
     the training context with the models as trained, points beyond it -- and perplexity at
-    :func:`~repro.evaluation.perplexity.extension_lengths` -- with the PI-only extension to the furthest of
+    :func:`~repro.derived.extension_lengths` -- with the PI-only extension to the furthest of
     them (§4.2, Figure 4), as curves of their own (:data:`EXTENDED`).
     """
     from transformers import AutoTokenizer
 
     from repro.evaluation.passkey import build_passkey_evaluator
-    from repro.evaluation.perplexity import (
-        LMEvalConfig, build_perplexity_evaluator, eval_lengths, extension_lengths, passkey_max_tokens,
-    )
+    from repro.derived import eval_lengths, extension_lengths, passkey_max_tokens
+    from repro.evaluation.perplexity import build_perplexity_evaluator
+    from repro.schemas import LMEvalConfig
     from repro.models.attention.registry import apply_attention
 
     ll = cfg.longlora

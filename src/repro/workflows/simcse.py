@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import ConfigError
-from repro.ckpt_store import code_version, prune_stale_checkpoints, resumable_run_id
+from repro.resume import code_version, prune_stale_checkpoints, resumable_run_id
 from repro.scale import split_global_batch
-from repro.stages import SimCSEEvalConfig, reuse_or_cache, write_stamp  # noqa: F401 (schema of simcse.eval)
+from repro.schemas import EncoderConfig, SimCSETrainConfig
+from repro.stages import reuse_or_cache, write_stamp
 from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,6 @@ def _run_diff(cfg: DictConfig, run: str) -> tuple[dict[str, Any], dict[str, Any]
 
 def run_train_config(cfg: DictConfig, run: str):
     """``simcse.train`` with the named run's overrides merged in (errors name the key)."""
-    from repro.lit.simcse import SimCSETrainConfig
-
     diff, _ = _run_diff(cfg, run)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(SimCSETrainConfig), cfg.simcse.train, diff)
@@ -62,8 +60,6 @@ def run_encoder_config(cfg: DictConfig, run: str):
     ``--mlp_only_train``; Table 6: 86.2 with it, 85.8 without), the unsupervised one drops it, so the
     ``sup`` run sets ``encoder: {mlp_only_train: false}`` over an encoder that says ``true``.
     """
-    from repro.models.sentence_encoder import EncoderConfig
-
     _, diff = _run_diff(cfg, run)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(EncoderConfig), cfg.simcse.encoder, diff)
@@ -183,11 +179,12 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     ranks re-run the stage script, build the same module, train, and return after ``fit``.
     """
     import lightning as L
+    import torch
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
-    from repro.ckpt_store import find_resume_checkpoint
     from repro.lit.causal_lm import DivergenceError, progress_bar_wanted
+    from repro.resume import find_resume_checkpoint
     from repro.lit.history import HistoryRecorder
     from repro.lit.simcse import SimCSEDataModule, SimCSEModule, build_callbacks, build_trainer_kwargs
     from repro.models.sentence_encoder import build_encoder
@@ -285,6 +282,8 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
 
 def load_trained_encoder(cfg: DictConfig, ctx: StageContext, run: str):
     """Rebuild the encoder of a finished run (the best dev checkpoint's weights)."""
+    import torch
+
     from repro.models.sentence_encoder import build_encoder
 
     paths = Paths.of(cfg, ctx, run)
@@ -300,6 +299,8 @@ def load_trained_encoder(cfg: DictConfig, ctx: StageContext, run: str):
 def evaluate(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     """STS12–16 ('all', 'mean', 'wmean'), STS-B and SICK-R test Spearman ×100, plus alignment/uniformity."""
     import json
+
+    import torch
 
     from repro.evaluation.align_uniform import align_uniform_stsb
     from repro.evaluation.sts import STSEvaluator
@@ -342,7 +343,8 @@ def transfer(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     sentences are encoded untruncated, as for STS. Writes ``metrics/simcse/transfer_<run>.json``.
     """
     from repro.config import to_dataclass
-    from repro.evaluation.transfer import TransferConfig, evaluate_transfer
+    from repro.evaluation.transfer import evaluate_transfer
+    from repro.schemas import TransferConfig
 
     paths = Paths.of(cfg, ctx, run)
     tcfg = to_dataclass(cfg.simcse.transfer, TransferConfig)

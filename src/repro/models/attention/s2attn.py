@@ -34,15 +34,13 @@ log-sum-exp (flash-attn varlen, attention dropout, other devices) the wrapped gr
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from repro.derived import group_size_for
 from repro.models.attention.piecewise import (
     Kernel,
     LseKernel,
@@ -51,76 +49,7 @@ from repro.models.attention.piecewise import (
     WrappedEnds,
     plan_pieces,
 )
-
-PATTERNS = ("full", "s2")
-SHIFTS = ("none", "heads", "layers", "all")
-DIRECTIONS = ("left", "right")
-BACKENDS = ("sdpa", "flash")
-
-
-@dataclass
-class S2AttnConfig:
-    """Settings of the attention pattern (LongLoRA §3.2; Table 6 ablates the pattern).
-
-    Attributes:
-        pattern: ``"full"`` (plain causal attention) or ``"s2"`` (grouped attention, optionally shifted).
-        group_size_ratio: G = int(T * ratio), derived per call from the actual sequence length (paper: 1/4).
-        shift: ``"none"`` (short attention, no shift), ``"heads"`` (the paper's: heads ``H // 2 ..`` shifted,
-            as the reference repository slices ``num_heads // 2``), ``"layers"`` (all heads shifted in odd
-            layers, none in even layers), ``"all"`` (every head shifted: Table 6's "only pattern 2").
-        wrap: False = leak-free shifted groups (no wrap-around); True = the paper's roll (wrap-around).
-        direction: ``"left"`` (roll by -G/2) or ``"right"`` (roll by +G/2); only matters with ``wrap=True``.
-            Because G divides T, both rolls give the same partition into groups with the same order inside the
-            wrapped group (they differ by a rotation by whole groups), so the two directions produce the same
-            output; the field exists so the ablation can state and verify it.
-        backend: ``"sdpa"`` (PyTorch SDPA, runs everywhere) or ``"flash"`` (flash-attn varlen, CUDA only).
-    """
-
-    pattern: str = "s2"
-    group_size_ratio: float = 0.25
-    shift: str = "heads"
-    wrap: bool = False
-    direction: str = "left"
-    backend: str = "sdpa"
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("pattern", PATTERNS), ("shift", SHIFTS), ("direction", DIRECTIONS),
-                              ("backend", BACKENDS)):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"S2AttnConfig.{name}={value!r} is not one of {allowed}")
-        ratio = self.group_size_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-            raise ValueError(f"S2AttnConfig.group_size_ratio={ratio!r} must be a number in (0, 1]")
-        if not isinstance(self.wrap, bool):
-            raise ValueError(f"S2AttnConfig.wrap={self.wrap!r} must be a bool")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (stored on ``model.config.s2_attn`` so it survives save/load)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "S2AttnConfig":
-        """Build from a dict, rejecting unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown S2AttnConfig key(s) {unknown}; expected a subset of {sorted(known)}")
-        return cls(**values)
-
-
-def group_size_for(seq_len: int, ratio: float, needs_half: bool) -> int:
-    """G = int(T * ratio), checked to divide T (and to be even when a half-group shift is needed)."""
-    group = int(seq_len * ratio)
-    if group < 1:
-        raise ValueError(f"group_size_ratio={ratio} gives group size {group} for sequence length {seq_len}")
-    if seq_len % group != 0:
-        raise ValueError(f"sequence length {seq_len} is not divisible by the group size {group} "
-                         f"(= int({seq_len} * group_size_ratio={ratio})); pad or pack to a multiple")
-    if needs_half and group % 2 != 0:
-        raise ValueError(f"group size {group} (sequence length {seq_len} * group_size_ratio={ratio}) is odd; "
-                         f"the half-group shift needs an even group size")
-    return group
+from repro.schemas import S2AttnConfig
 
 
 def unshifted_heads(num_heads: int, shift: str, layer_idx: int | None) -> int:

@@ -1,4 +1,4 @@
-"""Saving and loading what LongLoRA trains: the LoRA adapter, the trainable extras, the merged model.
+"""What a LongLoRA run leaves on disk: the LoRA adapter, the trainable extras and the merged model.
 
 The reference repository stores a LoRA+ run as a peft adapter (``adapter_model.bin`` +
 ``adapter_config.json``) plus ``trainable_params.bin``: a ``torch.save`` dict of the embedding and norm
@@ -6,7 +6,9 @@ weights under their *base-model* names (``get_trainable_weights.py`` strips the 
 ``base_model.model.`` prefix), which ``merge_lora_weights_and_save_hf_model.py`` and ``eval.py`` load
 into the base model with ``load_state_dict(..., strict=False)`` before wrapping it with peft.
 :func:`save_trained` writes that layout (and the same extras as safetensors); :func:`load_trained` reads
-ours and the reference's released folders alike.
+ours and the reference's released folders alike; :func:`export_merged` writes the plain Hugging Face
+folder the released models are (``merge_lora_weights_and_save_hf_model.py``). The model building side is
+:mod:`repro.models.longlora`; this module does not import it.
 """
 
 from __future__ import annotations
@@ -92,11 +94,11 @@ def export_merged(model: torch.nn.Module, out_dir: str | Path, tokenizer: Any | 
     The result loads with ``AutoModelForCausalLM.from_pretrained`` and no peft or S2-Attn code, as the released
     LongLoRA models do (the reference repository's ``merge_lora_weights_and_save_hf_model.py``).
     """
-    out = Path(out_dir)
-    from repro.models.longlora import set_full_attention  # noqa: PLC0415
+    from repro.models.attention.registry import use_full_attention  # noqa: PLC0415 (loads the attention kernels)
 
+    out = Path(out_dir)
     merged = model.merge_and_unload() if _is_peft(model) else model
-    set_full_attention(merged)
+    use_full_attention(merged)
     merged.config._attn_implementation = "sdpa"
     for key in ("s2_attn", "s2attn"):
         if hasattr(merged.config, key):

@@ -1,10 +1,10 @@
-"""Activation-checkpointing policies for long-context training steps, chosen by config.
+"""Activation checkpointing for long-context training steps, one policy chosen by config.
 
 The reference ``fine-tune.py`` checkpoints every decoder layer (``gradient_checkpointing=True``); that fits 32k on
-one GPU but recomputes the whole forward. Policies (``longlora.train.checkpointing``):
+one GPU but recomputes the whole forward. Policies (``longlora.train.activation_checkpointing``, the only key that
+steers it; :data:`repro.schemas.ACTIVATION_CHECKPOINTING`):
 
-* ``"model"``: leave the model as built (``longlora.model.gradient_checkpointing`` decides; the default);
-* ``"none"``: no checkpointing (fastest, most memory);
+* ``"none"``: no checkpointing (fastest, most memory; the default);
 * ``"full"``: every decoder layer, non-reentrant (the reference's);
 * ``"alternate"``: every other decoder layer (even indices), about half the recomputation for about half the
   activation savings.
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from torch import nn
 
-POLICIES = ("model", "none", "full", "alternate")
+from repro.schemas import ACTIVATION_CHECKPOINTING
+
+POLICIES = ACTIVATION_CHECKPOINTING
 
 
 def _base(model: nn.Module) -> nn.Module:
@@ -29,22 +31,29 @@ def _layers(base: nn.Module) -> list[nn.Module]:
     return [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
+    """Non-reentrant checkpointing of every layer; input grads are forced when the embedding is frozen (LoRA)."""
+    base = _base(model)
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if not base.get_input_embeddings().weight.requires_grad:
+        base.enable_input_require_grads()
+    base.config.use_cache = False
+    return model
+
+
 def apply_checkpointing(model: nn.Module, policy: str) -> nn.Module:
     """Set the checkpointing policy of a (peft-wrapped) transformers model in place.
 
     Raises:
-        ValueError: an unknown policy.
+        ValueError: an unknown policy, naming ``longlora.train.activation_checkpointing``.
     """
     if policy not in POLICIES:
-        raise ValueError(f"longlora.train.checkpointing={policy!r}; expected one of {POLICIES}")
-    if policy == "model":
-        return model
+        raise ValueError(f"longlora.train.activation_checkpointing={policy!r}; expected one of {POLICIES}")
     base = _base(model)
     if policy == "none":
-        base.gradient_checkpointing_disable()
+        if getattr(base, "is_activation_checkpointing", False):  # a model built without it is left untouched
+            base.activation_checkpointing_disable()
         return model
-    from repro.models.longlora import enable_gradient_checkpointing  # noqa: PLC0415 (lazy: heavy imports)
-
     enable_gradient_checkpointing(model)
     if policy == "alternate":
         for i, layer in enumerate(_layers(base)):

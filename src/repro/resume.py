@@ -1,9 +1,10 @@
-"""Training-checkpoint folders: keyed by config and code version, and cleaned up by one rule.
+"""Resuming training: checkpoint folders keyed by config and code version, cleaned up by one rule.
 
 A checkpoint written by other code must not be resumed (it would continue a run whose model, loss or
 data order may have changed), so checkpoint folders are keyed by config *and* :func:`code_version`,
-a digest of the library's own source files. :func:`prune_stale_checkpoints` states the cleanup rule, and
-:func:`find_resume_checkpoint` picks the newest intact checkpoint of a folder to resume from.
+a digest of the library's own source files. :func:`prune_stale_checkpoints` states the cleanup rule,
+:func:`resumable_run_id` keeps a resumed run in the same W&B run, and :func:`find_resume_checkpoint`
+picks the newest intact checkpoint of a folder to resume from (Lightning's ``ckpt_path``).
 """
 
 from __future__ import annotations
