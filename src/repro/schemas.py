@@ -118,7 +118,6 @@ class SourceConfig:
         code_digits: digits per fact code (``synthetic``).
         filler_sentences: filler sentences per fact document (``synthetic``).
         passkey_max_filler: most filler repetitions in a passkey document (``synthetic``).
-        copy_fraction: share of copy documents (``synthetic``; a sequence repeated after filler).
         num_shards, shard_index: keep every ``num_shards``-th file of a local directory starting at
             ``shard_index`` (sorted order), so one folder of books yields disjoint PG19-style validation
             and test sets with whole books in each.
@@ -150,7 +149,6 @@ class SourceConfig:
     code_digits: int = 5
     filler_sentences: int = 60
     passkey_max_filler: int = 18
-    copy_fraction: float = 0.0
     num_shards: int = 1
     shard_index: int = 0
     min_doc_tokens: int = 0

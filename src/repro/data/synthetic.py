@@ -117,23 +117,6 @@ def passkey_document(rng: random.Random, max_filler: int) -> str:
     return f"{build_passkey_prompt(passkey, n_prefix, n_garbage - n_prefix)} {passkey}."
 
 
-COPY_WORDS = FILLER_ADJECTIVES + FILLER_NOUNS + FILLER_VERBS + FACT_SUBJECTS
-
-
-def copy_document(rng: random.Random, max_filler: int) -> str:
-    """A random sequence of words and numbers, filler, then the same sequence again.
-
-    The second copy is predictable only by copying from the first, at any distance up to the filler's
-    length: the plainest training signal for an induction head ("find the earlier occurrence of the current
-    token, predict the token that followed it"), which passkey retrieval and fact recall both need. Numbers
-    are written as the passkey is (1-5 digits glued together), so digit-by-digit copying is practised too.
-    """
-    items = [rng.choice(COPY_WORDS) if rng.random() < 0.5 else str(rng.randint(1, 49999))
-             for _ in range(rng.randint(4, 16))]
-    gap = [_filler_sentence(rng) for _ in range(rng.randint(0, max_filler))]
-    return " ".join(["copy :", *items, ".", *gap, "again :", *items, "."])
-
-
 def generate_documents(
     seed: int,
     num_docs: int,
@@ -142,7 +125,6 @@ def generate_documents(
     code_digits: int = 5,
     filler_sentences: int = 60,
     passkey_max_filler: int = 18,
-    copy_fraction: float = 0.0,
 ) -> Iterator[str]:
     """Yield ``num_docs`` synthetic documents, fully determined by the arguments.
 
@@ -154,8 +136,6 @@ def generate_documents(
         code_digits: digits per fact code (the tiny profile uses 5 facts x 2 digits, so no digit repeats).
         filler_sentences: most filler sentences per fact document (~6 tokens each; drawn per document).
         passkey_max_filler: most filler repetitions in a passkey document (~25 tokens each).
-        copy_fraction: probability that a document is a copy document (:func:`copy_document`, with up to
-            ``filler_sentences`` filler sentences between the copies); 0 leaves the stream as without it.
 
     Raises:
         ValueError: naming the argument that is out of range.
@@ -172,14 +152,9 @@ def generate_documents(
         raise ValueError(f"filler_sentences must be >= 0, got {filler_sentences}")
     if passkey_max_filler < 1:
         raise ValueError(f"passkey_max_filler must be >= 1, got {passkey_max_filler}")
-    if not 0.0 <= copy_fraction <= 1.0 - passkey_fraction:
-        raise ValueError(f"copy_fraction must lie in [0, 1 - passkey_fraction], got {copy_fraction}")
     rng = random.Random(seed)
     for _ in range(num_docs):
-        draw = rng.random()
-        if draw < passkey_fraction:
+        if rng.random() < passkey_fraction:
             yield passkey_document(rng, passkey_max_filler)
-        elif draw < passkey_fraction + copy_fraction:
-            yield copy_document(rng, filler_sentences)
         else:
             yield fact_document(rng, num_facts, code_digits, filler_sentences)
