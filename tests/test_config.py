@@ -56,7 +56,7 @@ def test_wrong_type_fails_with_key_name(tmp_path):
 
 
 def test_unknown_simcse_run_key_fails(tmp_path):
-    from repro.workflows.simcse import run_train_config
+    from repro.simcse_runs import run_train_config
 
     cfg = _compose(tmp_path, [])
     cfg.simcse.runs.sup.temprature = 0.1

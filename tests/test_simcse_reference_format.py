@@ -16,7 +16,8 @@ from repro.lit.simcse import SimCSECollator, SimCSEModule
 from repro.models.sentence_encoder import build_encoder
 from repro.models.simcse_export import export_hf, export_sentence_transformers, load_released, released_pooler
 from repro.schemas import EncoderConfig, SimCSETrainConfig
-from repro.workflows.simcse import checkpoint_key, run_encoder_config, run_train_config
+from repro.simcse_runs import run_encoder_config, run_train_config
+from repro.workflows.simcse import checkpoint_key
 
 WORDS = "the a cat dog sat on mat ran quickly slowly big small red blue house tree over under park".split()
 SENTENCES = ["a dog", "the big red house under the tree", "cat sat on the mat", "dog ran over the park quickly"]

@@ -15,7 +15,7 @@ need derived values, for the main config and for every ablation variant and SimC
 * Position Interpolation: positive contexts (:func:`repro.derived.pi_factor`);
 * the tiny base model is pretrained on the training blocks cut to ``original_context``, which
   must divide the training context;
-* each ``simcse.runs.<run>`` merges over ``simcse.train`` (:func:`repro.workflows.simcse.run_train_config`).
+* each ``simcse.runs.<run>`` merges over ``simcse.train`` (:func:`repro.simcse_runs.run_train_config`).
 
 Exit status 0 when everything holds; 1 with one line per problem, each naming the config key. The
 check imports neither torch, transformers nor lightning (the schemas are :mod:`repro.schemas`, the
@@ -67,7 +67,7 @@ def check_config(cfg: DictConfig) -> list[str]:
     """Every problem of a composed config: schema errors, then derived checks, ablation variants and SimCSE runs."""
     from repro.config import ConfigError, validate
     from repro.workflows.ablations import variant_config, variant_names
-    from repro.workflows.simcse import run_train_config
+    from repro.simcse_runs import run_train_config
 
     try:
         valid = validate(cfg)

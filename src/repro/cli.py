@@ -16,6 +16,7 @@ heavy happens, so a typo fails with the key's name.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,10 +69,19 @@ def _configure_logging() -> None:
 
 
 def _set_threads(cfg: DictConfig) -> None:
-    if cfg.run.num_threads > 0:
-        import torch
+    """Apply ``run.num_threads`` without importing torch: stages that never need it (the report) stay light.
 
-        torch.set_num_threads(int(cfg.run.num_threads))
+    With torch already imported (a warm server's child) its intra-op pool is resized; otherwise
+    ``OMP_NUM_THREADS`` is set, which torch reads for that pool when the stage imports it.
+    """
+    n = int(cfg.run.num_threads)
+    if n <= 0:
+        return
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 def _experiment_group(cfg: DictConfig) -> str:

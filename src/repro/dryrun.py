@@ -179,7 +179,7 @@ def simcse_plan(cfg: DictConfig, run: str) -> Plan:
     from transformers import BertConfig, BertModel
 
     from repro.scale import split_global_batch
-    from repro.workflows.simcse import run_encoder_config, run_train_config
+    from repro.simcse_runs import run_encoder_config, run_train_config
 
     sc = cfg.simcse
     train = run_train_config(cfg, run)  # simcse.train with the run's diff (as the train stage merges it)

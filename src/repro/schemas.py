@@ -361,6 +361,9 @@ class TrainConfig:
             :func:`repro.lit.causal_lm.resolve_batch` (leave it 0 in configs); only set directly when ``global_batch_size`` is 0.
         lr: Peak learning rate (paper §4.1: 2e-5 for 7B/13B, 1e-5 for 70B).
         weight_decay: AdamW weight decay (paper: 0).
+        adam_beta2: AdamW's second-moment decay. ``fine-tune.py`` runs Hugging Face's Trainer default 0.999
+            (the default here and in the paper profile: the reference code is the protocol); §4.1 of the
+            paper states 0.95.
         warmup_steps: Linear warm-up steps before the constant rate (paper: 20).
         gradient_clip_val: Max global gradient norm (HF Trainer default 1.0, used by the reference runs);
             Lightning's ``Trainer(gradient_clip_val=...)``, the same key as ``simcse.train``.
@@ -383,6 +386,7 @@ class TrainConfig:
     grad_accum: int = 0
     lr: float = 2e-5
     weight_decay: float = 0.0
+    adam_beta2: float = 0.999
     warmup_steps: int = 20
     gradient_clip_val: float = 1.0
     precision: str = "32-true"
@@ -394,6 +398,8 @@ class TrainConfig:
     activation_checkpointing: str = "none"
 
     def __post_init__(self) -> None:
+        if not 0.0 <= float(self.adam_beta2) < 1.0:
+            raise ValueError(f"longlora.train.adam_beta2 must lie in [0, 1), got {self.adam_beta2}")
         _check_choice("longlora.train.precision", self.precision, PRECISIONS)
         _check_choice("longlora.train.activation_checkpointing", self.activation_checkpointing,
                       ACTIVATION_CHECKPOINTING)

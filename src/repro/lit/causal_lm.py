@@ -1,6 +1,7 @@
 """Causal-LM training for LongLoRA: LightningModule, packed-block DataModule and an exactly resumable Trainer.
 
-Optimisation follows LongLoRA §4.1 and the reference ``fine-tune.py`` launch settings: AdamW with weight decay 0,
+Optimisation follows LongLoRA §4.1 and the reference ``fine-tune.py`` launch settings: AdamW (betas 0.9 and
+``adam_beta2``: 0.999 as fine-tune.py's Trainer runs, §4.1 states 0.95) with weight decay 0,
 learning rate 2e-5 (1e-5 for 70B), 20 linear warm-up steps then a constant rate (Hugging Face's
 ``constant_with_warmup``), gradient clipping at 1.0 (the HF Trainer default), per-device batch 1 with 8
 gradient-accumulation steps on 8 GPUs, 1000 steps.
@@ -168,7 +169,8 @@ class CausalLMModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("CausalLMModule: the model has no trainable parameters (check longlora.adapter)")
-        optimizer = torch.optim.AdamW(params, lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay,
+                                      betas=(0.9, self.train_cfg.adam_beta2))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant_lambda(self.train_cfg.warmup_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

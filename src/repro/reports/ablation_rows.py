@@ -19,7 +19,7 @@ def simcse_settings(vcfg: DictConfig, run: str = "unsup") -> dict[str, Any]:
     """The variant's SimCSE values that the paper's ablation tables vary.
 
     ``simcse.train`` is overlaid with ``simcse.runs[run]`` (the ablation's ``run``, as
-    :func:`repro.workflows.simcse.run_train_config` does); alpha = exp(hard_negative_weight), the
+    :func:`repro.simcse_runs.run_train_config` does); alpha = exp(hard_negative_weight), the
     reference code adding the weight to the hard-negative logit (SimCSE §4, Table 7).
     """
     sc = vcfg.simcse

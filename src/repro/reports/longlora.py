@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from repro.evaluation.references import get_claim, get_table, load_paper_numbers
-from repro.models.longlora import pi_factor
+from repro.derived import pi_factor
 from repro.reporting import (
     CLAIM_HEADER, MISSING, claim_row, fmt, hardware, line_figure, md_cell, md_table, read_csv, read_json, save_figure,
 )
@@ -50,7 +50,9 @@ def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
         f" (original context {original}), extended to **{target}** tokens with Position Interpolation"
         f" (factor {pi_factor(target, original)}), attention `{ll.attention.pattern}`"
         f" (shift `{ll.attention.shift}`, {'roll' if ll.attention.wrap else 'leak-free'}), adapter `{ll.adapter.mode}`,"
-        f" {train.get('train/steps', MISSING)} steps. Evaluation uses full attention.",
+        f" {train.get('train/steps', MISSING)} steps, AdamW β2 {ll.train.get('adam_beta2', MISSING)}"
+        f" (fine-tune.py runs Hugging Face's Trainer default 0.999; the paper's §4.1 states"
+        f" {get_claim('longlora', 'training_setup')['values']['adam_beta2']}). Evaluation uses full attention.",
         "",
         f"Training data: `{ll.data.train.kind}` source. W&B: train {run_link(read_json(metrics_dir / 'runs' / 'train.json'))},"
         f" evaluate {run_link(read_json(metrics_dir / 'runs' / 'evaluate.json'))}.",

@@ -14,7 +14,7 @@ from repro.reporting import (
 from repro.reports.controls import Controls
 from repro.seeds import aggregate_seeds, ordering_held  # noqa: F401  (the page aggregates what the stages did)
 from repro.tracking import run_link
-from repro.workflows.simcse import run_train_config
+from repro.simcse_runs import run_train_config
 
 COLUMNS = ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr", "avg"]
 TRANSFER = ["MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC", "avg"]

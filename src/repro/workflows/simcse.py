@@ -22,50 +22,12 @@ from repro.cli import StageContext
 from repro.config import ConfigError
 from repro.resume import code_version, prune_stale_checkpoints, resumable_run_id
 from repro.scale import split_global_batch
-from repro.schemas import EncoderConfig, SimCSETrainConfig
+from repro.simcse_runs import run_encoder_config, run_train_config
 from repro.stages import reuse_or_cache, write_stamp
 from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
 
 log = logging.getLogger(__name__)
 PAPER = "simcse"
-
-
-def _run_diff(cfg: DictConfig, run: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(train diff, encoder diff) of ``simcse.runs.<run>``; its ``encoder:`` entry overrides ``simcse.encoder``."""
-    runs = cfg.simcse.runs
-    if run not in runs:
-        raise ConfigError(f"unknown SimCSE run '{run}'; simcse.runs has {sorted(runs)}")
-    node = runs[run]
-    diff = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    encoder = diff.pop("encoder", None) or {}
-    if not isinstance(encoder, dict):
-        raise ConfigError(f"simcse.runs.{run}.encoder must be a mapping of simcse.encoder keys; got {encoder!r}")
-    return diff, encoder
-
-
-def run_train_config(cfg: DictConfig, run: str):
-    """``simcse.train`` with the named run's overrides merged in (errors name the key)."""
-    diff, _ = _run_diff(cfg, run)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(SimCSETrainConfig), cfg.simcse.train, diff)
-        return OmegaConf.to_object(merged)
-    except Exception as exc:  # omegaconf validation error: name the run's key
-        raise ConfigError(f"invalid simcse.runs.{run}: {exc}") from exc
-
-
-def run_encoder_config(cfg: DictConfig, run: str):
-    """``simcse.encoder`` with ``simcse.runs.<run>.encoder`` merged in.
-
-    The reference's supervised script keeps the MLP at test time (``--pooler_type cls`` without
-    ``--mlp_only_train``; Table 6: 86.2 with it, 85.8 without), the unsupervised one drops it, so the
-    ``sup`` run sets ``encoder: {mlp_only_train: false}`` over an encoder that says ``true``.
-    """
-    _, diff = _run_diff(cfg, run)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(EncoderConfig), cfg.simcse.encoder, diff)
-        return OmegaConf.to_object(merged)
-    except Exception as exc:
-        raise ConfigError(f"invalid simcse.runs.{run}.encoder: {exc}") from exc
 
 
 def checkpoint_key(cfg: DictConfig, run: str, data_fp: str) -> str:
