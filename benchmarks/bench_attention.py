@@ -133,7 +133,7 @@ def main() -> None:
     for shape in args.shapes:
         heads, kv_heads, head_dim = HEAD_SHAPES[shape]
         for t in args.lengths:
-            def make(n):  # token-major memory, as transformers' q/k/v projections produce
+            def make(n, t=t, head_dim=head_dim):  # token-major memory, as transformers' q/k/v projections produce
                 x = torch.randn(args.batch, t, n, head_dim, device=args.device, dtype=dtype)
                 return x.transpose(1, 2).requires_grad_()  # (B, H, T, D) view
 

@@ -214,7 +214,7 @@ def test_steps_claims_and_figure(tmp_path, last):
     spec = {"ref": "LongLoRA Figure 5", "kind": "longlora_steps", "paper_table": None,
             "variants": {"lora_plus": {}, "full_ft": {"longlora": {"adapter": {"mode": "full"}}}}}
     cfg = make_cfg(longlora_steps=spec)
-    for v, end in zip(("lora_plus", "full_ft"), last):
+    for v, end in zip(("lora_plus", "full_ft"), last, strict=False):
         write_variant(tmp_path, "longlora_steps", v, **{"ppl@512": end, "step0/ppl_s2@512": 25.0})
         write_curve(tmp_path, "longlora_steps", v, [{"step": 0, "ppl": 20.0}, {"step": 5, "ppl": 12.0},
                                                    {"step": 10, "ppl": end}])

@@ -49,7 +49,7 @@ def test_align_uniform_stsb_uses_gold_above_4_and_all_sentences():
 
     out = align_uniform_stsb(encode, pairs, gold)
     unit = {s: v / np.linalg.norm(v) for s, v in table.items()}
-    pos = [p for p, g in zip(pairs, gold) if g > 4]
+    pos = [p for p, g in zip(pairs, gold, strict=False) if g > 4]
     align = np.mean([np.sum((unit[a] - unit[b]) ** 2) for a, b in pos])
     d = [np.exp(-2 * np.sum((unit[a] - unit[b]) ** 2)) for i, a in enumerate(sentences) for b in sentences[i + 1:]]
     assert out["align"] == pytest.approx(align)

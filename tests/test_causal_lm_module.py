@@ -15,7 +15,12 @@ from lightning.pytorch.loggers.logger import Logger
 from torch.utils.data import Dataset
 
 from repro.lit.causal_lm import (
-    CausalLMModule, PackedBlocksDataModule, ResumableBlockSampler, build_trainer, fit_resumable, warmup_constant_lambda,
+    CausalLMModule,
+    PackedBlocksDataModule,
+    ResumableBlockSampler,
+    build_trainer,
+    fit_resumable,
+    warmup_constant_lambda,
 )
 from repro.models.longlora import apply_adapter, load_for_context
 from repro.resume import find_resume_checkpoint

@@ -31,7 +31,7 @@ def test_chunked_loss_and_gradients_equal_unchunked(chunk, recompute):
     expected = reference_loss(hidden, weight, labels, bias)
     torch.testing.assert_close(loss, expected.float(), rtol=1e-6, atol=1e-7)
     got = torch.autograd.grad(loss, (hidden, weight, bias))
-    for a, b in zip(got, torch.autograd.grad(expected, (hidden, weight, bias))):
+    for a, b in zip(got, torch.autograd.grad(expected, (hidden, weight, bias)), strict=False):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
 
 
@@ -72,7 +72,7 @@ def test_model_loss_chunked_equals_model_loss_with_gradients(tie):
     grads = torch.autograd.grad(own, list(model.parameters()))
     chunked = causal_lm_loss(model, ids, ids, 7)
     torch.testing.assert_close(chunked.double(), own.double(), rtol=1e-6, atol=1e-7)
-    for a, b in zip(torch.autograd.grad(chunked, list(model.parameters())), grads):
+    for a, b in zip(torch.autograd.grad(chunked, list(model.parameters())), grads, strict=False):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
 
 
@@ -90,7 +90,7 @@ def test_checkpointing_policies_select_layers_and_keep_gradients(s2):
         apply_checkpointing(model, policy)
         assert checkpointed_layers(model) == expected
         grads = torch.autograd.grad(causal_lm_loss(model, ids, ids, 5), list(model.parameters()))
-        for a, b in zip(grads, reference):
+        for a, b in zip(grads, reference, strict=False):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
     apply_checkpointing(model, "none")  # again: nothing to switch off
     assert checkpointed_layers(model) == [False] * 4

@@ -9,7 +9,7 @@ MLP head), with the vocabularies as measured: Llama-2 32,000; SmolLM2 49,152 wit
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ PROFILES = sorted(p.stem for p in (CONF / "profile").glob("*.yaml"))
 EXPERIMENTS = [None, *sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _composed(profile: str, experiment: str | None):
     overrides = [f"profile={profile}"] + ([f"experiment={experiment}"] if experiment else [])
     with initialize_config_dir(str(CONF), version_base="1.3"):

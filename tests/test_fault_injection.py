@@ -96,7 +96,8 @@ LONGLORA = TrainStage(
     overrides=(
         "longlora.base.pretrain_steps=5", "longlora.data.train.num_docs=60",
         "longlora.data.eval_sets.synthetic_validation.num_docs=10", "longlora.data.eval_sets.synthetic_test.num_docs=10",
-        "longlora.data.eval_sets.synthetic_facts_sampled.num_docs=40", "longlora.data.eval_sets.synthetic_facts_sampled.sample_docs=4",
+        "longlora.data.eval_sets.synthetic_facts_sampled.num_docs=40",
+        "longlora.data.eval_sets.synthetic_facts_sampled.sample_docs=4",
         "longlora.train.max_steps=12", "longlora.train.global_batch_size=4", "longlora.train.batch_size=2",
         "longlora.train.ckpt_every_n_steps=2", "longlora.train.log_every_n_steps=1",
         "longlora.train.warmup_steps=2", "run.accelerator=cpu",
@@ -239,7 +240,7 @@ def _trainer_built(_output: str) -> bool:
     return "GPU available:" in _output  # Lightning's first line when the Trainer is constructed
 
 
-def _weights(folder: Path) -> dict[str, "object"]:
+def _weights(folder: Path) -> dict[str, object]:
     """The tensors of every ``*.safetensors`` file and ``*.pt`` state dict in ``folder``."""
     from safetensors.torch import load_file
 

@@ -15,7 +15,13 @@ from transformers import AutoTokenizer
 
 from repro.data import lm_data
 from repro.data.lm_data import (
-    PackedBlocks, lm_data_config_from_dict, load_array, pack_documents, prepare_lm_data, token_stream, write_array,
+    PackedBlocks,
+    lm_data_config_from_dict,
+    load_array,
+    pack_documents,
+    prepare_lm_data,
+    token_stream,
+    write_array,
 )
 from repro.data.synthetic import generate_documents
 from repro.data.text_sources import HubSource, LocalSource, build_source
@@ -199,7 +205,7 @@ def test_local_source_strips_gutenberg_header_and_licence(tmp_path):
 
 def test_local_source_reads_real_books(shared_data):
     index = (shared_data / "books" / "index.tsv").read_text(encoding="utf-8").splitlines()
-    rows = [dict(zip(index[0].split("\t"), line.split("\t"))) for line in index[1:]]
+    rows = [dict(zip(index[0].split("\t"), line.split("\t"), strict=False)) for line in index[1:]]
     small = sorted(rows, key=lambda r: int(r["bytes"]))[:2]
     for row in small:
         cfg = SourceConfig(kind="local", path=str(shared_data / "books" / row["file"]))
@@ -350,7 +356,7 @@ def test_prepare_writes_blocks_streams_and_sidecars(tmp_path):
 def test_base_pretraining_stream_is_the_source_at_the_original_context_whatever_the_fine_tuning_context(tmp_path):
     cfg = _tiny_cfg()
     out_a = prepare_lm_data(cfg, tmp_path / "a", context_length=64, base_blocks=(16, 800))
-    out_b = prepare_lm_data(cfg, tmp_path / "b", context_length=32, base_blocks=(16, 800))
+    prepare_lm_data(cfg, tmp_path / "b", context_length=32, base_blocks=(16, 800))
     assert out_a.base_train_path == tmp_path / "a" / "pretrain" / "train.npy"
     tok = AutoTokenizer.from_pretrained(tmp_path / "a" / "tokenizer")
     docs = generate_documents(seed=0, num_docs=30)
@@ -358,7 +364,8 @@ def test_base_pretraining_stream_is_the_source_at_the_original_context_whatever_
     expected = np.asarray(joined[: len(joined) // 16 * 16]).reshape(-1, 16)  # the first 800 tokens, in 16-token blocks
     base_a, base_b = (load_array(p / "pretrain" / "train.npy") for p in (tmp_path / "a", tmp_path / "b"))
     np.testing.assert_array_equal(base_a, expected)
-    assert (tmp_path / "a" / "pretrain" / "train.npy").read_bytes() == (tmp_path / "b" / "pretrain" / "train.npy").read_bytes()
+    pretrain = [(tmp_path / d / "pretrain" / "train.npy").read_bytes() for d in ("a", "b")]
+    assert pretrain[0] == pretrain[1]
     assert json.loads((tmp_path / "a" / "pretrain" / "manifest.json").read_text())["pretraining_data"] == {
         "file": "train.npy", "original_context": 16, "max_tokens": 800}
     assert load_array(tmp_path / "a" / "train.npy").shape[1] == 64  # the fine-tuning blocks do differ

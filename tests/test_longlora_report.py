@@ -26,7 +26,8 @@ def test_page_puts_ours_beside_the_paper(tmp_path):
             rows.append({"model": model, "eval_set": set_name, "length": target, "attention": "s2",
                          "ppl": base + 0.777, "ppl_newest": base + 0.5, "windows": 4, "tokens_per_s": 1.0})
     write_csv(plots / "ppl_vs_length.csv", rows)
-    write_csv(plots / "passkey.csv", [{"model": m, "target": t, "length": t - 5, "accuracy": a, "beyond_training": t > target}
+    write_csv(plots / "passkey.csv", [{"model": m, "target": t, "length": t - 5, "accuracy": a,
+                                       "beyond_training": t > target}
                                       for m, a in (("base_pi", 0.1), ("finetuned", 0.9)) for t in (64, target, 2 * target)])
     text = page.build(cfg, tmp_path, tmp_path / "reports")
     ft_full, ft_s2 = 3.0 + 1000 / target, 3.0 + 0.777
@@ -47,11 +48,9 @@ def _write_run(root: Path, cfg, ft_short: float, ft_long: float, passkey: float)
     target, original = int(cfg.longlora.train.context_length), int(cfg.longlora.model.original_context)
     val = cfg.longlora.data.roles.pg19_validation
     plots = root / cfg.run.plots_dir / "longlora"
-    rows = [{"model": "base_pi", "eval_set": val, "length": original, "attention": "full", "ppl": 6.0, "ppl_newest": 6.0},
-            {"model": "base_pi", "eval_set": val, "length": target, "attention": "full", "ppl": 7.0, "ppl_newest": 7.0},
-            {"model": "finetuned", "eval_set": val, "length": original, "attention": "full", "ppl": ft_short, "ppl_newest": ft_short},
-            {"model": "finetuned", "eval_set": val, "length": target, "attention": "full", "ppl": ft_long, "ppl_newest": ft_long},
-            {"model": "finetuned_pi_extended", "eval_set": val, "length": 2 * target, "attention": "full", "ppl": 9.5, "ppl_newest": 9.5}]
+    rows = [{"model": m, "eval_set": val, "length": n, "attention": "full", "ppl": p, "ppl_newest": p}
+            for m, n, p in (("base_pi", original, 6.0), ("base_pi", target, 7.0), ("finetuned", original, ft_short),
+                            ("finetuned", target, ft_long), ("finetuned_pi_extended", 2 * target, 9.5))]
     write_csv(plots / "ppl_vs_length.csv", rows)
     write_csv(plots / "passkey.csv", [
         {"model": "base_pi", "target": target, "length": target - 5, "accuracy": 0.0},

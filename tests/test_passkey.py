@@ -16,10 +16,21 @@ import torch
 from torch import nn
 
 from repro.data.passkey_format import (
-    FILLER, QUESTION, TASK_DESCRIPTION, garbage, garbage_length, generate_passkey_prompt, information_line,
+    FILLER,
+    QUESTION,
+    TASK_DESCRIPTION,
+    garbage,
+    garbage_length,
+    generate_passkey_prompt,
+    information_line,
 )
 from repro.evaluation.passkey import (
-    PasskeyEvaluator, PasskeyResult, PasskeyTrial, digits_match, passkey_points, passkey_target_ids,
+    PasskeyEvaluator,
+    PasskeyResult,
+    PasskeyTrial,
+    digits_match,
+    passkey_points,
+    passkey_target_ids,
 )
 from repro.schemas import LMEvalConfig
 
@@ -118,7 +129,7 @@ def test_accuracy_with_fake_model(word_tokenizer, answer, expected):
     res = PasskeyEvaluator(word_tokenizer, cfg).evaluate(model, [64, 128])
     assert res.accuracy == {64: expected, 128: expected}
     assert len(res.trials) == 8 and [t.seed for t in res.trials] == [0, 1, 2, 3] * 2
-    for trial, call in zip(res.trials, model.calls):
+    for trial, call in zip(res.trials, model.calls, strict=False):
         prompt, key = generate_passkey_prompt(trial.n_garbage, trial.seed)
         assert trial.key == key
         assert call["prompt_len"] == trial.prompt_tokens == len(word_tokenizer(prompt)["input_ids"])
@@ -263,7 +274,7 @@ def check_oracle(tokenizer, answer):
     res, model = run_oracle(tokenizer, answer)
     assert res.accuracy == {t: 1.0 for t in POINTS} and res.accuracy_digits == {t: 1.0 for t in POINTS}
     assert len(model.calls) == len(POINTS) * CFG.passkey_trials
-    for trial, call in zip(res.trials, model.calls):
+    for trial, call in zip(res.trials, model.calls, strict=False):
         _, key = generate_passkey_prompt(trial.n_garbage, trial.seed)
         assert call["key"] == trial.key == key  # the key the oracle decoded is the trial's
         assert call["max_new_tokens"] == trial.answer_tokens == len(answer(key))
@@ -281,7 +292,7 @@ def check_oracle(tokenizer, answer):
 def test_tiny_bpe_answer_is_space_token_then_digits(tiny_bpe):
     answer = byte_level_answer(tiny_bpe)
     res, model = check_oracle(tiny_bpe, answer)
-    for trial, call in zip(res.trials, model.calls):
+    for trial, call in zip(res.trials, model.calls, strict=False):
         prompt, key = generate_passkey_prompt(trial.n_garbage, trial.seed)
         assert call["input_ids"] == tiny_bpe(prompt)["input_ids"]  # the prompt as the tokenizer's defaults give it
         assert tiny_bpe(key, add_special_tokens=False)["input_ids"] != answer(key)  # the bare key never matches

@@ -13,7 +13,12 @@ import torch
 from torch.utils.data import Dataset
 
 from repro.lit.causal_lm import (
-    CausalLMModule, DivergenceError, PackedBlocksDataModule, build_trainer, fit_resumable, resolve_batch,
+    CausalLMModule,
+    DivergenceError,
+    PackedBlocksDataModule,
+    build_trainer,
+    fit_resumable,
+    resolve_batch,
 )
 from repro.models.longlora import build_longlora_model
 from repro.precision import check_trainable_fp32, merge_in_fp32, upcast_trainable
@@ -95,7 +100,7 @@ def test_merged_model_logits_equal_adapter_logits():
     model = _model("bfloat16")
     upcast_trainable(model)
     with torch.no_grad():  # a non-zero LoRA delta (B starts at zero) and moved extras
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.02)
     ids = torch.randint(0, VOCAB, (2, CONTEXT))

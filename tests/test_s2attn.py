@@ -200,7 +200,7 @@ def sdpa_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=
     assert torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32 and causal
     assert int((cu_q[1:] - cu_q[:-1]).max()) <= max_q
     out = torch.empty_like(q)
-    for lo, hi in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+    for lo, hi in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=False):
         seg = [x[lo:hi].transpose(0, 1) for x in (q, k, v)]  # (heads, L, D)
         out[lo:hi] = F.scaled_dot_product_attention(*seg, is_causal=True, scale=softmax_scale,
                                                     enable_gqa=True).transpose(0, 1)

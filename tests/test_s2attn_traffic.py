@@ -12,13 +12,13 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
+from test_s2attn import dense_attention, dense_mask, sdpa_varlen
 
-from repro.models.attention.piecewise import head_runs
 from repro.models.attention.flash_varlen import s2_flash as _s2_flash
+from repro.models.attention.piecewise import head_runs
 from repro.models.attention.s2attn import compute_dtype, s2_attention
 from repro.schemas import S2AttnConfig
 from tools.attention_traffic import TrafficCounter, attention_traffic
-from test_s2attn import dense_attention, dense_mask, sdpa_varlen
 
 
 def token_major(batch, heads, seq, dim, dtype=torch.float64):
@@ -58,7 +58,7 @@ def test_outputs_and_gradients_equal_dense_reference_fp64(batch, heads, kv_heads
         out.backward(grad)
         got = (q.grad, k.grad, v.grad)
     expected = torch.autograd.grad(ref, (q, k, v), grad)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=False):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
 
 
@@ -122,7 +122,7 @@ def test_roll_without_a_log_sum_exp_kernel_concatenates_the_wrapped_group_exactl
         ref = dense_attention(q, k, v, dense_mask(heads, 32, 8, heads // 2, True))
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
         grad = torch.randn_like(out)
-        for g, e in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        for g, e in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad), strict=False):
             torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
     q, k, v = (token_major(1, n, 256, 128, torch.float32) for n in (32, 32, 32))
     moved, by_op = attention_traffic(lambda a, b, c: s2_attention(a, b, c, cfg), q, k, v)
@@ -138,7 +138,7 @@ def test_roll_in_bf16_matches_the_dense_reference():
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (q, k, v), grad)
     expected = torch.autograd.grad(ref, (q, k, v), grad.double())
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=False):
         torch.testing.assert_close(g.double(), e.double(), rtol=5e-2, atol=5e-2)
 
 
@@ -187,7 +187,7 @@ def test_checkpointed_layer_gives_the_same_gradients(wrap):
     grad = torch.randn(1, 9, 32, 4, dtype=torch.float64)
     expected = torch.autograd.grad(layer(q, k, v), (q, k, v), grad)
     checkpoint(layer, q, k, v, use_reentrant=False).backward(grad)
-    for g, e in zip((q.grad, k.grad, v.grad), expected):
+    for g, e in zip((q.grad, k.grad, v.grad), expected, strict=False):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
 
 
@@ -232,7 +232,7 @@ def test_flash_wrapper_gradients_match_dense_fp64(wrap, heads, kv_heads, unshift
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     grad = torch.randn_like(out)
     out.backward(grad)
-    for g, e in zip((q.grad, k.grad, v.grad), torch.autograd.grad(ref, (q, k, v), grad)):
+    for g, e in zip((q.grad, k.grad, v.grad), torch.autograd.grad(ref, (q, k, v), grad), strict=False):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
 
 
@@ -259,7 +259,7 @@ def test_cuda_sdpa_gradients_equal_dense_reference(cfg):
         grad = torch.randn_like(out)
         out.backward(grad)
         expected = torch.autograd.grad(ref, (q, k, v), grad.double())
-        for g, e in zip((q.grad, k.grad, v.grad), expected):
+        for g, e in zip((q.grad, k.grad, v.grad), expected, strict=False):
             torch.testing.assert_close(g.double(), e, rtol=tol * 5, atol=tol * 5)
 
 
@@ -275,7 +275,7 @@ def test_flash_equals_sdpa_with_gradients_on_gpu(wrap, heads, kv_heads, dim):
     for backend in ("flash", "sdpa"):
         out = s2_attention(q, k, v, S2AttnConfig(wrap=wrap, backend=backend))
         results.append((out, *torch.autograd.grad(out.float().square().sum(), (q, k, v))))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=False):
         torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=3e-2)
 
 

@@ -70,7 +70,7 @@ def test_synthetic_sts_gold_counts_shared_slots():
     assert dict(task) != dict(synthetic_sts_task("STS13", seed=1, n_pairs=120))
     golds = []
     for pairs in task.values():
-        for a, b, gold in zip(*pairs):
+        for a, b, gold in zip(*pairs, strict=False):
             pa, pb = parse(a, g), parse(b, g)
             assert gold == pytest.approx(sum(w for slot, w in SLOT_WEIGHTS.items() if pa[slot] == pb[slot]))
             golds.append(gold)

@@ -13,7 +13,6 @@ import csv
 import gzip
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 

@@ -17,6 +17,7 @@ from repro.lit.simcse import SimCSEDataModule, SimCSEModule, build_callbacks, bu
 from repro.models.sentence_encoder import build_encoder
 from repro.schemas import EncoderConfig, SimCSETrainConfig
 
+
 class Killed(RuntimeError):
     """The injected crash."""
 

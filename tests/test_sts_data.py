@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.data.sts import (SENTEVAL_SUBSETS, STSPairs, STSTask, load_sts_hub, read_sts_task,
-                            write_sts_tsv)
+from repro.data.sts import SENTEVAL_SUBSETS, STSPairs, STSTask, load_sts_hub, read_sts_task, write_sts_tsv
 
 SHARED_STS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sts"
 
@@ -37,7 +36,7 @@ def test_senteval_yearly_skips_blank_gold_and_counts(tmp_path):
     assert list(task) == list(SENTEVAL_SUBSETS["STS15"])
     for subset, pairs in rows.items():
         kept = [(a, " ".join(b.split()), float(g)) for a, b, g in pairs if g]
-        assert list(zip(*task[subset])) == kept
+        assert list(zip(*task[subset], strict=False)) == kept
         assert task.skipped[subset] == sum(1 for *_, g in pairs if not g)
 
 
@@ -56,9 +55,9 @@ def test_senteval_stsb_and_sick(tmp_path):
     stsb = read_sts_task("STSBenchmark", tmp_path, "senteval")
     assert set(stsb) == {"train", "dev", "test"}
     for split, rows in data.items():
-        assert list(zip(*stsb[split])) == rows
+        assert list(zip(*stsb[split], strict=False)) == rows
     sickr = read_sts_task("sickr", tmp_path, "senteval", splits=("test",))
-    assert list(zip(*sickr["test"])) == sick
+    assert list(zip(*sickr["test"], strict=False)) == sick
     with pytest.raises(FileNotFoundError, match="SICK_train.txt"):
         read_sts_task("sickr", tmp_path, "senteval")
 

@@ -47,7 +47,7 @@ def _tasks(seed=1):
 
 
 def _spearman(enc, pairs):
-    sims = [enc.cos(a, b) for a, b in zip(pairs.s1, pairs.s2)]
+    sims = [enc.cos(a, b) for a, b in zip(pairs.s1, pairs.s2, strict=False)]
     return spearmanr(sims, pairs.gold).statistic * 100
 
 

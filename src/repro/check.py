@@ -66,8 +66,8 @@ def derived_problems(cfg: DictConfig, where: str = "") -> list[str]:
 def check_config(cfg: DictConfig) -> list[str]:
     """Every problem of a composed config: schema errors, then derived checks, ablation variants and SimCSE runs."""
     from repro.config import ConfigError, validate
-    from repro.workflows.ablations import variant_config, variant_names
     from repro.simcse_runs import run_train_config
+    from repro.workflows.ablations import variant_config, variant_names
 
     try:
         valid = validate(cfg)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load(args.params, args.overrides)
-    except Exception as exc:  # composition errors (unknown keys) name the key themselves
+    except Exception as exc:  # noqa: BLE001  (composition errors of every kind name the key themselves)
         print(f"config does not compose: {exc}", file=sys.stderr)
         return 1
     problems = check_config(cfg)

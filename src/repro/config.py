@@ -20,7 +20,6 @@ import importlib
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
 # dotted key -> "module:Class" of the dataclass that the code consuming it expects.
 SECTION_SCHEMAS: dict[str, str] = {
     "run": "repro.schemas:RunConfig",

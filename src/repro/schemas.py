@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 # Lightning precision strings the trainers accept (``Trainer(precision=...)``).
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")
@@ -132,12 +132,12 @@ class SourceConfig:
     """
 
     kind: str = "synthetic"
-    path: Optional[str] = None
+    path: str | None = None
     glob: str = ""
-    hub_name: Optional[str] = None
-    hub_config: Optional[str] = None
+    hub_name: str | None = None
+    hub_config: str | None = None
     hub_split: str = "train"
-    hub_data_files: Optional[str] = None
+    hub_data_files: str | None = None
     text_field: str = "text"
     max_docs: int = 0
     errors: str = "strict"
@@ -155,7 +155,7 @@ class SourceConfig:
     sample_docs: int = 0
     sample_seed: int = 0
     streaming: bool = False
-    shuffle_seed: Optional[int] = None
+    shuffle_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
@@ -182,8 +182,8 @@ class TokenizerConfig:
     vocab_size: int = 512
     min_frequency: int = 2
     train_max_chars: int = 20_000_000
-    name_or_path: Optional[str] = None
-    gguf_file: Optional[str] = None
+    name_or_path: str | None = None
+    gguf_file: str | None = None
 
 @dataclass
 class LMDataConfig:
@@ -324,7 +324,7 @@ class S2AttnConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "S2AttnConfig":
+    def from_dict(cls, values: dict[str, Any]) -> S2AttnConfig:
         """Build from a dict, rejecting unknown keys by name."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -358,7 +358,8 @@ class TrainConfig:
             1 per device × 8 accumulation × 8 GPUs). 0 means ``batch_size × grad_accum × world size``.
         batch_size: Blocks per micro-batch on each device (paper: 1).
         grad_accum: Micro-batches per optimizer step on each device. Derived from ``global_batch_size`` by
-            :func:`repro.lit.causal_lm.resolve_batch` (leave it 0 in configs); only set directly when ``global_batch_size`` is 0.
+            :func:`repro.lit.causal_lm.resolve_batch` (leave it 0 in configs); only set directly when
+            ``global_batch_size`` is 0.
         lr: Peak learning rate (paper §4.1: 2e-5 for 7B/13B, 1e-5 for 70B).
         weight_decay: AdamW weight decay (paper: 0).
         adam_beta2: AdamW's second-moment decay. ``fine-tune.py`` runs Hugging Face's Trainer default 0.999
@@ -554,18 +555,18 @@ class SimCSEDataConfig:
 
     source: str = "synthetic"
     objective: str = "both"
-    wiki_path: Optional[str] = None
-    nli_path: Optional[str] = None
-    sts_root: Optional[str] = None
+    wiki_path: str | None = None
+    nli_path: str | None = None
+    sts_root: str | None = None
     sts_layout: str = "senteval"
     hub_repo: str = WIKI1M_REPO
     hub_wiki_file: str = WIKI1M_FILE
     hub_nli_file: str = NLI_FILE
     hub_stsb_repo: str = "sentence-transformers/stsb"
-    hub_revision: Optional[str] = None
-    hub_local_root: Optional[str] = None
-    max_sentences: Optional[int] = None
-    max_triplets: Optional[int] = None
+    hub_revision: str | None = None
+    hub_local_root: str | None = None
+    max_sentences: int | None = None
+    max_triplets: int | None = None
     n_sentences: int = 2000
     n_triplets: int = 1000
     n_sts_pairs: int = 200

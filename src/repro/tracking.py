@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import netrc
-import time
 import os
 import re
 import struct
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 # Fewer steps and smaller data than the default tiny profile; same code and stages.
 SHRINK = [
-    "longlora.base.pretrain_steps=20", "longlora.train.max_steps=12", "longlora.train.ckpt_every_n_steps=6", "longlora.train.log_every_n_steps=2",
+    "longlora.base.pretrain_steps=20", "longlora.train.max_steps=12", "longlora.train.ckpt_every_n_steps=6",
+    "longlora.train.log_every_n_steps=2",
     "longlora.eval.max_windows=4", "longlora.eval.passkey_trials=2", "longlora.data.train.num_docs=300",
     "simcse.train.max_steps=12", "simcse.train.eval_every_n_steps=6", "simcse.data.n_sentences=300",
     "simcse.data.n_triplets=200", "simcse.data.n_sts_pairs=60",

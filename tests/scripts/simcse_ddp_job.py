@@ -33,7 +33,8 @@ def main(out: Path, assets: Path, run: str, devices: int) -> None:
     tok_dir = assets / "data" / "simcse" / "tokenizer"
     bert_dir = assets / "bert-with-pooler"
     overrides = {
-        "run": {"data_dir": str(assets / "data"), "devices": devices, "accelerator": "cpu", "strategy": "ddp" if devices > 1 else "auto",
+        "run": {"data_dir": str(assets / "data"), "devices": devices, "accelerator": "cpu",
+                "strategy": "ddp" if devices > 1 else "auto",
                 "num_threads": 1},
         "simcse": {
             "data": {"n_sentences": 256, "n_triplets": 256, "n_sts_pairs": 40},

@@ -30,14 +30,14 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from repro.data.text_sources import build_source, source_identity
 from repro.data.packed import PackedBlocks  # noqa: F401  (re-exported)
-from repro.data.token_cache import load_array, read_sidecar, sha256_file, sidecar, write_array  # noqa: F401
+from repro.data.text_sources import build_source, source_identity
+from repro.data.token_cache import load_array, read_sidecar, sha256_file, sidecar, write_array
 from repro.data.tokenizer import build_tokenizer, token_dtype_for
 from repro.fingerprint import fingerprint as content_fingerprint
 from repro.schemas import LMDataConfig
@@ -193,7 +193,7 @@ def token_stream(
     return _join_with_eos(whole_documents(lists, max_tokens), tokenizer.eos_token_id, 0, dtype)
 
 
-def _cached(path: Path, fingerprint: str) -> Optional[np.ndarray]:
+def _cached(path: Path, fingerprint: str) -> np.ndarray | None:
     """The verified cached array when its sidecar carries ``fingerprint``; ``None`` when it must be built."""
     if not (path.is_file() and sidecar(path).is_file()):
         return None
@@ -214,8 +214,8 @@ def _reuse_or_build(path: Path, build, fingerprint_of: dict) -> tuple[np.ndarray
 
 
 def _prepare_tokenizer(
-    cfg: LMDataConfig, tok_dir: Path, fingerprint: str, base_dir: Optional[Path],
-    model_name_or_path: Optional[str], model_gguf_file: Optional[str],
+    cfg: LMDataConfig, tok_dir: Path, fingerprint: str, base_dir: Path | None,
+    model_name_or_path: str | None, model_gguf_file: str | None,
 ) -> tuple[PreTrainedTokenizerBase, bool]:
     """Load the cached tokenizer when its fingerprint matches (files checksummed), else build and save it.
 
@@ -250,7 +250,7 @@ class PreparedLMData:
     num_train_blocks: int
     eval_tokens: dict[str, int]
     reused: dict[str, bool]
-    base_train_path: Optional[Path] = None
+    base_train_path: Path | None = None
 
     def to_dict(self) -> dict:
         """JSON-friendly form (paths as strings) for a metrics or summary file."""
@@ -261,10 +261,10 @@ def prepare_lm_data(
     cfg: LMDataConfig,
     out_dir: Path,
     context_length: int,
-    base_dir: Optional[Path] = None,
-    model_name_or_path: Optional[str] = None,
-    model_gguf_file: Optional[str] = None,
-    base_blocks: Optional[tuple[int, int]] = None,
+    base_dir: Path | None = None,
+    model_name_or_path: str | None = None,
+    model_gguf_file: str | None = None,
+    base_blocks: tuple[int, int] | None = None,
 ) -> PreparedLMData:
     """Build (or reuse) the tokenizer, the packed training blocks and the evaluation streams.
 

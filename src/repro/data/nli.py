@@ -53,7 +53,7 @@ def read_nli_csv(path: str | Path, max_triplets: int | None = None) -> list[NLIT
             if len(row) != len(NLI_COLUMNS):
                 raise ValueError(f"{path}:{line}: expected {len(NLI_COLUMNS)} columns, got {len(row)}")
             cells = [c.strip() for c in row]
-            for name, cell in zip(NLI_COLUMNS, cells):
+            for name, cell in zip(NLI_COLUMNS, cells, strict=False):
                 if not cell:
                     raise ValueError(f"{path}:{line}: empty sentence in column {name!r}")
             triplets.append(NLITriplet(*cells))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ class PackedBlocks(torch.utils.data.Dataset):
         if blocks.ndim != 2:
             raise ValueError(f"{self.path}: expected packed blocks [N, context], got shape {blocks.shape}")
         self.shape = tuple(blocks.shape)
-        self._blocks: Optional[np.ndarray] = None
+        self._blocks: np.ndarray | None = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_blocks": None}

@@ -24,11 +24,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from repro.fingerprint import file_sha256, fingerprint as content_fingerprint
 from repro.data.nli import load_nli_hub, read_nli_csv, synthetic_triplets, write_nli_csv
 from repro.data.sentences import load_wiki1m_hub, read_sentence_file, synthetic_sentences
-from repro.data.sts import (STSTask, TASK_KEYS, load_sts_hub, read_sts_task, synthetic_sts_task,
-                            write_sts_tsv)
+from repro.data.sts import TASK_KEYS, STSTask, load_sts_hub, read_sts_task, synthetic_sts_task, write_sts_tsv
+from repro.fingerprint import file_sha256
+from repro.fingerprint import fingerprint as content_fingerprint
 from repro.schemas import SimCSEDataConfig
 
 log = logging.getLogger(__name__)

@@ -149,7 +149,7 @@ def _read_senteval_yearly(name: str, root: Path) -> STSTask:
         if len(inputs) != len(golds):
             raise ValueError(f"{inp} has {len(inputs)} lines but {gs} has {len(golds)}; they must align")
         pairs, n_skip = STSPairs([], [], []), 0
-        for i, (text, raw) in enumerate(zip(inputs, golds), start=1):
+        for i, (text, raw) in enumerate(zip(inputs, golds, strict=False), start=1):
             cols = text.split("\t")
             if len(cols) != 2:
                 raise ValueError(f"{inp}:{i}: expected 2 tab-separated sentences, got {len(cols)} columns")
@@ -267,7 +267,7 @@ def write_sts_tsv(task: STSTask, root: str | Path) -> list[Path]:
             line = 0
             for subset in subsets:
                 source = subset if task.name in STS_YEARLY else task.name
-                for a, b, g in zip(*task[subset]):
+                for a, b, g in zip(*task[subset], strict=False):
                     writer.writerow((repr(float(g)), a, b, source, line))
                     line += 1
         written.append(path)

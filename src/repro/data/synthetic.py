@@ -20,7 +20,8 @@ perplexity; its only purpose is that *context length matters measurably*:
   the code digits of a document are dealt from shuffled decks of the ten digits, so with at most ten
   code digits per document every digit occurs in one statement only and has a single successor.
 * **Passkey documents.** The prompt of :mod:`repro.data.passkey_format` (task description, filler cut
-  at a random character, the information line, the rest of the filler, the question, newline-joined) followed by the key, so the answer
+  at a random character, the information line, the rest of the filler, the question, newline-joined)
+  followed by the key, so the answer
   completes the question exactly as the passkey evaluation asks it (LongLoRA §4.2; Mohtashami & Jaggi,
   2023). Training on them makes passkey retrieval learnable at these sizes.
 
@@ -98,7 +99,7 @@ def fact_document(
     slots = sorted(((rng.randint(0, n_filler), i) for i in range(num_facts)), reverse=True)
     for slot, i in slots:
         body.insert(slot, fact_recall(subjects[i], codes[i]))
-    head = [fact_statement(s, c) for s, c in zip(subjects, codes)]
+    head = [fact_statement(s, c) for s, c in zip(subjects, codes, strict=False)]
     return " ".join(head + body)
 
 

@@ -19,7 +19,6 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
 
 from repro.data.synthetic import generate_documents
 from repro.schemas import SourceConfig
@@ -163,7 +162,7 @@ class HubSource:
 class LocalSource:
     """Read documents from a local file or directory (``.txt`` / ``.tex`` whole files, ``.jsonl`` lines)."""
 
-    def __init__(self, cfg: SourceConfig, base_dir: Optional[Path] = None):
+    def __init__(self, cfg: SourceConfig, base_dir: Path | None = None):
         if not cfg.path:
             raise ValueError("source kind 'local' needs path (a file or a directory)")
         path = Path(cfg.path)
@@ -258,7 +257,7 @@ class SyntheticSource:
         )
 
 
-def source_identity(cfg: SourceConfig, base_dir: Optional[Path] = None) -> dict:
+def source_identity(cfg: SourceConfig, base_dir: Path | None = None) -> dict:
     """The source's config plus, for local files, a digest of their contents (a cache fingerprint input)."""
     ident = dataclasses.asdict(cfg)
     if cfg.kind == "local":
@@ -270,7 +269,7 @@ def source_identity(cfg: SourceConfig, base_dir: Optional[Path] = None) -> dict:
     return ident
 
 
-def build_source(cfg: SourceConfig, base_dir: Optional[Path] = None):
+def build_source(cfg: SourceConfig, base_dir: Path | None = None):
     """Make the source ``cfg.kind`` names; ``base_dir`` resolves relative local paths (default: cwd).
 
     Raises:

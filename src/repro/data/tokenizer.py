@@ -10,7 +10,6 @@ the same interface and save to a folder that ``AutoTokenizer.from_pretrained`` r
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Optional
 
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -93,7 +92,7 @@ def train_bpe_tokenizer(
 
 
 def load_pretrained_tokenizer(
-    name_or_path: str, gguf_file: Optional[str] = None
+    name_or_path: str, gguf_file: str | None = None
 ) -> PreTrainedTokenizerBase:
     """Load a model's tokenizer; set ``pad_token`` to ``eos_token`` when it has none (as LongLoRA does)."""
     tokenizer = load_tokenizer(name_or_path, gguf_file)
@@ -104,9 +103,9 @@ def load_pretrained_tokenizer(
 
 def build_tokenizer(
     cfg: TokenizerConfig,
-    texts: Optional[Iterable[str]] = None,
-    model_name_or_path: Optional[str] = None,
-    model_gguf_file: Optional[str] = None,
+    texts: Iterable[str] | None = None,
+    model_name_or_path: str | None = None,
+    model_gguf_file: str | None = None,
 ) -> PreTrainedTokenizerBase:
     """Build the tokenizer that ``cfg`` describes.
 

@@ -61,7 +61,8 @@ def write_synthetic_transfer(root: str | Path, n: int = 400, seed: int = 0) -> P
     pos, neg = [], []
     while len(pos) < n // 2 or len(neg) < n // 2:
         s = sample_slots(rng, g)
-        phrase = f"the {g.surface('adjective', s.adjective, rng.randrange(2))} {g.surface('subject', s.subject, rng.randrange(2))}"
+        adjective = g.surface('adjective', s.adjective, rng.randrange(2))
+        phrase = f"the {adjective} {g.surface('subject', s.subject, rng.randrange(2))}"
         (pos if s.adjective < half_adj else neg).append(phrase)
     _write(root / "MPQA/mpqa.pos", pos[: n // 2])
     _write(root / "MPQA/mpqa.neg", neg[: n // 2])

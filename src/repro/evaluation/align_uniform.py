@@ -74,7 +74,7 @@ def align_uniform_stsb(encode_fn: EncodeFn, pairs: Sequence[tuple[str, str]], sc
     """
     if len(pairs) != len(scores):
         raise ValueError(f"pairs ({len(pairs)}) and scores ({len(scores)}) must align")
-    positives = [p for p, g in zip(pairs, scores) if g > threshold]
+    positives = [p for p, g in zip(pairs, scores, strict=False) if g > threshold]
     if not positives:
         raise ValueError(f"no pair has a gold score above {threshold}")
     sentences = sorted({s for p in pairs for s in p})

@@ -31,8 +31,9 @@ tells "retrieved the key but tokenised it differently" apart from "did not retri
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -164,7 +165,7 @@ def passkey_target_ids(tokenizer: Any, prompt: str, key: str) -> tuple[list[int]
     full_ids = _text_ids(tokenizer, f"{prompt} {key}")
     where = f"tokenizer {_tokenizer_name(tokenizer)}, prompt ending {prompt[-40:]!r}, key {key!r}"
     if full_ids[: len(prompt_ids)] != prompt_ids:
-        at = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), len(full_ids))
+        at = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids, strict=False)) if a != b), len(full_ids))
         raise ValueError(
             f"{where}: the prompt's {len(prompt_ids)} ids are not a prefix of the ids of prompt + ' ' + key "
             f"(they differ from position {at}: the tokens merge across the boundary), so the answer's ids "

@@ -17,8 +17,9 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Mapping
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

@@ -62,7 +62,7 @@ def encode_unique(sentences: Iterable[str], encode_fn: EncodeFn, batch_size: int
     for start in range(0, len(unique), batch_size):
         batch = unique[start:start + batch_size]
         emb = _to_numpy(encode_fn(batch), len(batch))  # (B, d)
-        table.update(zip(batch, emb))
+        table.update(zip(batch, emb, strict=False))
     return table
 
 

@@ -26,7 +26,7 @@ def _base(model: nn.Module) -> nn.Module:
 
 def _layers(base: nn.Module) -> list[nn.Module]:
     """Modules that transformers checkpoints (``GradientCheckpointingLayer``), in order."""
-    from transformers.modeling_layers import GradientCheckpointingLayer  # noqa: PLC0415
+    from transformers.modeling_layers import GradientCheckpointingLayer
 
     return [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
 

@@ -199,7 +199,7 @@ def load_for_context(base: str | Path | ModelConfig, target_context: int, *, ori
 
 def _attention_api() -> Any:
     """``repro.models.attention.registry`` (apply_attention / use_full_attention), imported lazily."""
-    from repro.models.attention import registry  # noqa: PLC0415
+    from repro.models.attention import registry
 
     return registry
 
@@ -248,7 +248,7 @@ def apply_adapter(model: PreTrainedModel, cfg: AdapterConfig) -> torch.nn.Module
         return model
     if cfg.mode not in _MODES:
         raise ValueError(f"longlora.adapter.mode={cfg.mode!r}; expected one of {_MODES}")
-    from peft import LoraConfig, get_peft_model  # noqa: PLC0415
+    from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
                       target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")

@@ -69,7 +69,7 @@ def load_trained(base_model: PreTrainedModel, trained_dir: str | Path, is_traina
     folder = Path(trained_dir)
     if not (folder / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no adapter_config.json in {folder}; a full fine-tune loads with from_pretrained")
-    from peft import PeftModel  # noqa: PLC0415
+    from peft import PeftModel
 
     extras = read_extras(folder)
     if extras is not None:
@@ -94,7 +94,7 @@ def export_merged(model: torch.nn.Module, out_dir: str | Path, tokenizer: Any | 
     The result loads with ``AutoModelForCausalLM.from_pretrained`` and no peft or S2-Attn code, as the released
     LongLoRA models do (the reference repository's ``merge_lora_weights_and_save_hf_model.py``).
     """
-    from repro.models.attention.registry import use_full_attention  # noqa: PLC0415 (loads the attention kernels)
+    from repro.models.attention.registry import use_full_attention
 
     out = Path(out_dir)
     merged = model.merge_and_unload() if _is_peft(model) else model

@@ -82,7 +82,8 @@ def _longlora_attention(res: Sequence[VariantResult], spec: DictConfig, controls
     a, f, s, o = _ppl(s2), _ppl(full), _ppl(short), _ppl(all_)
     rel = f" ({(a - f) / f:+.1%})" if a is not None and f is not None else ""
     control = controls.context_use()
-    return [claim_row("S2-Attn training, tested with full attention, is within 5% of full-attention training (Table 6, §3.2)",
+    return [claim_row("S2-Attn training, tested with full attention, is within 5% of full-attention training "
+                      "(Table 6, §3.2)",
                       f"{_name(s2)} {fmt(a)} vs {_name(full)} {fmt(f)}{rel}",
                       _both(a, f, lambda x, y: abs(x - y) <= 0.05 * y), control),
             claim_row("Short attention without shift is worse than S2-Attn under full-attention testing (Table 6)",

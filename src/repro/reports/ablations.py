@@ -18,18 +18,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from repro.evaluation.references import get_claim, get_table, load_paper_numbers
 from repro.reporting import (
-    CLAIM_HEADER, MISSING, fmt, hardware, line_figure, md_cell, md_table, save_figure, trajectory_figure,
+    CLAIM_HEADER,
+    MISSING,
+    fmt,
+    hardware,
+    line_figure,
+    md_cell,
+    md_table,
+    save_figure,
+    trajectory_figure,
 )
 from repro.reports.ablation_claims import CLAIMS
 from repro.reports.ablation_rows import _same, paper_value, simcse_settings
 from repro.reports.controls import Controls
 from repro.reports.results import (
-    DEV, STATUSES, VariantResult, ablation_names, ablation_spec, collect, ctx_of, curve_points, flat_diff, pick,
+    DEV,
+    STATUSES,
+    VariantResult,
+    ablation_names,
+    ablation_spec,
+    collect,
+    ctx_of,
+    curve_points,
+    flat_diff,
+    pick,
     ppl_lengths,
 )
 from repro.tracking import run_link
@@ -89,7 +107,7 @@ def _longlora_paper_note(spec: DictConfig, res: Sequence[VariantResult]) -> str:
 
 def _longlora_beside(spec: DictConfig, res: Sequence[VariantResult]) -> str | None:
     """Table 2 / Table 6 rows transcribed in paper_numbers.yaml beside the variant with the same setting."""
-    ad, att = (lambda r: r.config.longlora.adapter), (lambda r: r.config.longlora.attention)  # noqa: E731
+    ad, att = (lambda r: r.config.longlora.adapter), (lambda r: r.config.longlora.attention)
     ours = lambda v, key: fmt(v.value(f"{key}@{ctx_of(v)}") if v else None)  # noqa: E731
     if "Table 2" in str(spec.ref):
         table = get_table("longlora", "table2_lora_plus")
@@ -166,7 +184,8 @@ def _figures(name: str, spec: DictConfig, res: Sequence[VariantResult], out_dir:
             fig = trajectory_figure(series, "uniformity (ℓ_uniform)", "alignment (ℓ_align)",
                                     "Alignment vs uniformity during training (SimCSE Fig. 2)")
             figs.append(save_figure(fig, fig_dir / f"ablation_{name}_align_uniform.png"))
-    param, label, logx = ("p", "dropout p", False) if spec.paper_table == "table3_dropout" else ("tau", "temperature τ", True)
+    dropout = spec.paper_table == "table3_dropout"
+    param, label, logx = ("p", "dropout p", False) if dropout else ("tau", "temperature τ", True)
     pool = sorted((r for r in res if not s[r.variant]["fixed"]), key=lambda r: s[r.variant][param])
     ours = [(s[r.variant][param], r.value(DEV)) for r in pool if r.value(DEV) is not None]
     paper = [(s[r.variant][param], m[1]) for r in pool
@@ -181,7 +200,8 @@ def _figures(name: str, spec: DictConfig, res: Sequence[VariantResult], out_dir:
 
 def _scale_note(cfg: DictConfig, kind: str) -> str:
     if kind == "simcse":
-        what = f"SimCSE encoder `{cfg.simcse.encoder.source}` on `{cfg.simcse.data.source}` data, {cfg.simcse.train.max_steps} steps"
+        what = (f"SimCSE encoder `{cfg.simcse.encoder.source}` on `{cfg.simcse.data.source}` data,"
+                f" {cfg.simcse.train.max_steps} steps")
     else:
         what = (f"LongLoRA model `{cfg.longlora.model.source}`, {cfg.longlora.train.max_steps} steps at context"
                 f" {cfg.longlora.train.context_length}")

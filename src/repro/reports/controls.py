@@ -76,8 +76,9 @@ class Controls:
             return Control(None, f"full-attention full fine-tuning: {why}")
         evidence = (f"{r.variant} (full attention, full fine-tuning): ppl {fmt(short)} @{original} → "
                     f"{fmt(long)} @{ctx_of(r)}")
-        return Control(long < short, evidence, "even full-attention full fine-tuning does not use the longer context "
-                                                "here (its perplexity does not fall from the original to the training context)")
+        return Control(long < short, evidence,
+                       "even full-attention full fine-tuning does not use the longer context here (its perplexity "
+                       "does not fall from the original to the training context)")
 
     def adaptation(self, base_short: float | None, base_long: float | None) -> Control:
         """Full-attention full fine-tuning lowers the loss at the training context more than at the original one.

@@ -8,10 +8,20 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from repro.evaluation.references import get_claim, get_table, load_paper_numbers
 from repro.derived import pi_factor
+from repro.evaluation.references import get_claim, get_table, load_paper_numbers
 from repro.reporting import (
-    CLAIM_HEADER, MISSING, claim_row, fmt, hardware, line_figure, md_cell, md_table, read_csv, read_json, save_figure,
+    CLAIM_HEADER,
+    MISSING,
+    claim_row,
+    fmt,
+    hardware,
+    line_figure,
+    md_cell,
+    md_table,
+    read_csv,
+    read_json,
+    save_figure,
 )
 from repro.reports.controls import Controls, loss_gains
 from repro.tracking import run_link
@@ -54,7 +64,8 @@ def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
         f" (fine-tune.py runs Hugging Face's Trainer default 0.999; the paper's §4.1 states"
         f" {get_claim('longlora', 'training_setup')['values']['adam_beta2']}). Evaluation uses full attention.",
         "",
-        f"Training data: `{ll.data.train.kind}` source. W&B: train {run_link(read_json(metrics_dir / 'runs' / 'train.json'))},"
+        f"Training data: `{ll.data.train.kind}` source."
+        f" W&B: train {run_link(read_json(metrics_dir / 'runs' / 'train.json'))},"
         f" evaluate {run_link(read_json(metrics_dir / 'runs' / 'evaluate.json'))}.",
     ]
     if cfg.run.profile == "tiny":
@@ -78,7 +89,8 @@ def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
     figures = []
     for set_name, models in sorted(by_set.items()):
         series = {MODEL_LABELS.get(m, m): (sorted(v), [v[n] for n in sorted(v)]) for m, v in models.items()}
-        fig = line_figure(series, "evaluation length (tokens)", "perplexity", f"Perplexity vs length — {set_name}", logx=True)
+        fig = line_figure(series, "evaluation length (tokens)", "perplexity", f"Perplexity vs length — {set_name}",
+                          logx=True)
         figures.append(save_figure(fig, out_dir / "figures" / f"longlora_ppl_{set_name}.png"))
     acc: dict[str, dict[int, float]] = defaultdict(dict)
     for r in passkey_rows:

@@ -146,7 +146,8 @@ def curve_points(r: VariantResult | None, x: str, y: str) -> tuple[list[float], 
     """(xs, ys) of a variant's curve where both cells are filled (an ``ok`` variant only)."""
     if r is None or r.status != "ok":
         return [], []
-    pts = [(float(row[x]), float(row[y])) for row in r.curve if row.get(x) not in (None, "") and row.get(y) not in (None, "")]
+    pts = [(float(row[x]), float(row[y])) for row in r.curve
+           if row.get(x) not in (None, "") and row.get(y) not in (None, "")]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 

@@ -9,12 +9,22 @@ from omegaconf import DictConfig
 
 from repro.evaluation.references import lookup
 from repro.reporting import (
-    CLAIM_HEADER, MISSING, claim_row, fmt, hardware, line_figure, md_cell, md_table, read_csv, read_json, save_figure,
+    CLAIM_HEADER,
+    MISSING,
+    claim_row,
+    fmt,
+    hardware,
+    line_figure,
+    md_cell,
+    md_table,
+    read_csv,
+    read_json,
+    save_figure,
 )
 from repro.reports.controls import Controls
 from repro.seeds import aggregate_seeds, ordering_held  # noqa: F401  (the page aggregates what the stages did)
-from repro.tracking import run_link
 from repro.simcse_runs import run_train_config
+from repro.tracking import run_link
 
 COLUMNS = ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr", "avg"]
 TRANSFER = ["MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC", "avg"]
@@ -94,7 +104,7 @@ def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
                       ["ours, wmean", *_ours(ev, "wmean")], [ref_label, *ref_vals]]
         if cfg.run.profile == "paper":  # a difference to the paper means something at its scale only
             table_rows.append(["delta (ours all − paper)", *[o - r if o is not None and r is not None else None
-                                                             for o, r in zip(ours, ref_vals)]])
+                                                             for o, r in zip(ours, ref_vals, strict=False)]])
         avgs[train_cfg.mode] = ev.get("sts/avg")
         lines += ["", f"## Run `{run}` ({train_cfg.mode}, τ={train_cfg.temperature}, batch {train_cfg.batch_size},"
                   f" {tr.get('train/steps', MISSING)} steps)", "",

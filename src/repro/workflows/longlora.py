@@ -82,7 +82,7 @@ class Paths:
     plots: Path
 
     @classmethod
-    def of(cls, cfg: DictConfig, ctx: StageContext) -> "Paths":
+    def of(cls, cfg: DictConfig, ctx: StageContext) -> Paths:
         ll = cfg.longlora
         data_fp = _fingerprint(ll.data, _data_identity(ll.data), ll.train.context_length, ll.model.source,
                                ll.model.name_or_path, base_pretrain_blocks(ll))
@@ -157,11 +157,12 @@ def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
 
 def build_base(cfg: DictConfig, ctx: StageContext) -> Path:
     """Materialise the base model folder (pretraining the tiny model from scratch when needed)."""
-    from repro.lit.causal_lm import CausalLMModule, PackedBlocksDataModule, build_trainer, fit_resumable
+    from transformers import AutoTokenizer
+
     from repro.data.packed import PackedBlocks
+    from repro.lit.causal_lm import CausalLMModule, PackedBlocksDataModule, build_trainer, fit_resumable
     from repro.models.longlora import build_base_model, materialize_base
     from repro.schemas import ModelConfig, TrainConfig
-    from transformers import AutoTokenizer
 
     ll = cfg.longlora
     paths = Paths.of(cfg, ctx)
@@ -237,16 +238,21 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
 
     from repro.data.lm_data import PackedBlocks
     from repro.derived import pi_factor
-    from repro.lit.causal_lm import CausalLMModule, PackedBlocksDataModule, build_trainer, fit_resumable
+    from repro.lit.causal_lm import (
+        CausalLMModule,
+        DivergenceError,
+        PackedBlocksDataModule,
+        build_trainer,
+        fit_resumable,
+        resolve_batch,
+    )
     from repro.lit.history import HistoryRecorder
+    from repro.models.hf_common import torch_dtype
     from repro.models.longlora import build_longlora_model, trainable_parameter_names
     from repro.models.longlora_export import export_merged, save_trained
-    from repro.schemas import AdapterConfig, ModelConfig, S2AttnConfig, TrainConfig
-
-    from repro.lit.causal_lm import DivergenceError, resolve_batch
-    from repro.scale import build_strategy, resolve_strategy
-    from repro.models.hf_common import torch_dtype
     from repro.precision import merge_in_fp32, upcast_trainable
+    from repro.scale import build_strategy, resolve_strategy
+    from repro.schemas import AdapterConfig, ModelConfig, S2AttnConfig, TrainConfig
 
     ll = cfg.longlora
     paths = Paths.of(cfg, ctx)
@@ -273,7 +279,8 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
         config_dicts = {"model": asdict(model_cfg), "adapter": asdict(adapter_cfg), "attention": asdict(attn_cfg)}
         module = CausalLMModule(model, train_cfg, config_dicts)
         datamodule = PackedBlocksDataModule(train_cfg, dataset=blocks)
-        trainer = build_trainer(train_cfg, paths.ckpt, loggers=[WandbLogger(experiment=run)], callbacks=[recorder, *(extra_callbacks or [])],
+        trainer = build_trainer(train_cfg, paths.ckpt, loggers=[WandbLogger(experiment=run)],
+                                callbacks=[recorder, *(extra_callbacks or [])],
                                 accelerator=cfg.run.accelerator, devices=int(cfg.run.devices),
                                 num_nodes=int(cfg.run.num_nodes),
                                 strategy=build_strategy(resolve_strategy(str(cfg.run.strategy), adapter_cfg.mode, world),

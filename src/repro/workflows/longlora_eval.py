@@ -36,7 +36,8 @@ def _eval_models(cfg: DictConfig, paths: Paths, context: int | None = None):
     Without ``context`` (or at the training context) both are evaluated as trained: the base with the PI
     factor of the training context, the fine-tuned model exactly as merged. A ``context`` beyond the
     training context loads both with the PI factor for it instead (§4.2's PI-only extension: the fine-tuned
-    32k model tested to 48k without further training), under the names of :data:`EXTENDED`, so those points form separately labelled curves and never stand in for the
+    32k model tested to 48k without further training), under the names of :data:`EXTENDED`, so those points
+    form separately labelled curves and never stand in for the
     model as trained.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -46,7 +47,7 @@ def _eval_models(cfg: DictConfig, paths: Paths, context: int | None = None):
     ll = cfg.longlora
     trained, original = int(ll.train.context_length), int(ll.model.original_context)
     context = max(int(context or trained), trained)
-    name = (lambda n: EXTENDED[n]) if context > trained else (lambda n: n)  # noqa: E731
+    name = (lambda n: EXTENDED[n]) if context > trained else (lambda n: n)
 
     def finetuned():
         config = AutoConfig.from_pretrained(paths.finetuned / "merged")
@@ -103,11 +104,11 @@ def evaluate(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
     """
     from transformers import AutoTokenizer
 
-    from repro.evaluation.passkey import build_passkey_evaluator
     from repro.derived import eval_lengths, extension_lengths, passkey_max_tokens
+    from repro.evaluation.passkey import build_passkey_evaluator
     from repro.evaluation.perplexity import build_perplexity_evaluator
-    from repro.schemas import LMEvalConfig
     from repro.models.attention.registry import apply_attention
+    from repro.schemas import LMEvalConfig
 
     ll = cfg.longlora
     paths = Paths.of(cfg, ctx)

@@ -56,7 +56,7 @@ class Paths:
     plots: Path
 
     @classmethod
-    def of(cls, cfg: DictConfig, ctx: StageContext, run: str = "") -> "Paths":
+    def of(cls, cfg: DictConfig, ctx: StageContext, run: str = "") -> Paths:
         from repro.data.simcse_data import build_simcse_data_config, input_fingerprint
 
         data_fp = input_fingerprint(build_simcse_data_config(OmegaConf.to_container(cfg.simcse.data)))[:12]
@@ -125,7 +125,7 @@ def _dev_eval(paths: Paths, batch_size: int, with_align: bool, with_sick: bool =
         if sick is not None:
             out["sickr_dev_spearman"] = sick.evaluate(encode_fn).metrics["sickr/trial"]
         if with_align:
-            au = align_uniform_stsb(encode_fn, list(zip(dev.s1, dev.s2)), list(dev.gold))
+            au = align_uniform_stsb(encode_fn, list(zip(dev.s1, dev.s2, strict=False)), list(dev.gold))
             out.update({"align": au["align"], "uniform": au["uniform"]})
         return out
 
@@ -146,11 +146,11 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     from lightning.pytorch.utilities import rank_zero_only
 
     from repro.lit.causal_lm import DivergenceError, progress_bar_wanted
-    from repro.resume import find_resume_checkpoint
     from repro.lit.history import HistoryRecorder
     from repro.lit.simcse import SimCSEDataModule, SimCSEModule, build_callbacks, build_trainer_kwargs
     from repro.models.sentence_encoder import build_encoder
     from repro.models.simcse_export import export_hf, export_sentence_transformers
+    from repro.resume import find_resume_checkpoint
 
     paths = Paths.of(cfg, ctx, run)
     train_cfg = run_train_config(cfg, run)
@@ -280,7 +280,7 @@ def evaluate(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
         metrics = {f"sts/{k}": v for k, v in result.metrics.items()}
         if cfg.simcse.eval.align_uniform:
             test = evaluator.tasks["stsb"]["test"]
-            au = align_uniform_stsb(encode, list(zip(test.s1, test.s2)), list(test.gold))
+            au = align_uniform_stsb(encode, list(zip(test.s1, test.s2, strict=False)), list(test.gold))
             metrics.update({"stsb_test/align": au["align"], "stsb_test/uniform": au["uniform"]})
     metrics["eval/seconds"] = round(time.perf_counter() - start, 2)
     metrics["eval/unique_sentences"] = result.n_sentences

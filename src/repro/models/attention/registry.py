@@ -118,7 +118,8 @@ def apply_attention(model: nn.Module, cfg: S2AttnConfig | Mapping[str, Any] | No
 
     Args:
         model: a transformers model (or peft wrapper) whose attention dispatches through AttentionInterface.
-        cfg: the pattern (a dict/DictConfig with the same keys is accepted); None restores the one stored on ``model.config.s2_attn`` (e.g. after
+        cfg: the pattern (a dict/DictConfig with the same keys is accepted); None restores the one stored on
+            ``model.config.s2_attn`` (e.g. after
             :func:`use_full_attention` or ``from_pretrained``).
 
     Returns:
