@@ -37,8 +37,7 @@ def _eval_models(cfg: DictConfig, paths: Paths, context: int | None = None):
     factor of the training context, the fine-tuned model exactly as merged. A ``context`` beyond the
     training context loads both with the PI factor for it instead (§4.2's PI-only extension: the fine-tuned
     32k model tested to 48k without further training), under the names of :data:`EXTENDED`, so those points
-    form separately labelled curves and never stand in for the
-    model as trained.
+    form separately labelled curves and never stand in for the model as trained.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -86,8 +85,7 @@ def _passkey(model, passkey_eval, points, model_name: str, target: int, metrics:
     pk = passkey_eval.evaluate(model, points)
     for row in pk.rows():
         metrics[f"{model_name}/passkey@{row['target']}"] = row["accuracy"]
-        if "accuracy_digits" in row:
-            metrics[f"{model_name}/passkey_digits@{row['target']}"] = row["accuracy_digits"]
+        metrics[f"{model_name}/passkey_digits@{row['target']}"] = row["accuracy_digits"]
         rows.append({"model": model_name, **row, "beyond_training": row["target"] > target})
 
 
