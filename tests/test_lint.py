@@ -25,11 +25,11 @@ def test_ruff_check_passes():
 
 
 def test_ruff_reads_the_project_config_and_flags_an_unused_noqa(tmp_path):
-    """The configuration in use is the project's: 120 columns, and a ``noqa`` that suppresses nothing fails."""
+    """The configuration in use is the project's: 125 columns, and a ``noqa`` that suppresses nothing fails."""
     (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
-    ok = "x = " + "1" * 115 + "\n"  # 120 columns
+    ok = "x = " + "1" * 121 + "\n"  # 125 columns
     (tmp_path / "ok.py").write_text(ok)
-    (tmp_path / "bad.py").write_text("import os  # noqa: E731\n\nprint(os.sep)\n" + "y = " + "2" * 117 + "\n")
+    (tmp_path / "bad.py").write_text("import os  # noqa: E731\n\nprint(os.sep)\n" + "y = " + "2" * 122 + "\n")  # 126 columns
     assert _ruff("check", "--no-cache", "ok.py", cwd=tmp_path).returncode == 0
     result = _ruff("check", "--no-cache", "--output-format", "concise", "bad.py", cwd=tmp_path)
     assert result.returncode == 1

@@ -232,7 +232,9 @@ def reference_flash_cu_seqlens(bsz: int, q_len: int, group: int) -> torch.Tensor
 
 @pytest.mark.parametrize("heads,seq,group", [(4, 32, 8), (8, 64, 16)])
 def test_leak_free_default_equals_the_reference_flash_path(heads, seq, group):
-    """wrap=False is the reference's flash layout: the same cu_seqlens on packed half-head sequences, in fp64."""
+    """wrap=False is the reference's flash layout: the same cu_seqlens on packed half-head sequences, in fp64
+    (equal to a few fp64 ulps: the two compute the same sums in another order)."""
+    torch.manual_seed(0)
     q, k, v = qkv(batch=2, heads=heads, kv_heads=heads, seq=seq, dtype=torch.float64)
     b, h, t, d = q.shape
     # [B, H, T, D] -> the reference's [B * 2, T, H / 2, D] (first half of the heads, then the shifted half), packed
@@ -242,7 +244,7 @@ def test_leak_free_default_equals_the_reference_flash_path(heads, seq, group):
                       group, group)
     ref = out.reshape(b, 2, t, h // 2, d).permute(0, 1, 3, 2, 4).reshape(b, h, t, d)
     ours = s2_attention(q, k, v, S2AttnConfig(group_size_ratio=group / seq))
-    assert (ours - ref).abs().max().item() <= 1e-15
+    assert (ours - ref).abs().max().item() <= 4e-15
     rolled = s2_attention(q, k, v, S2AttnConfig(group_size_ratio=group / seq, wrap=True))
     assert (rolled - ref).abs().max().item() > 1e-3  # the roll is another layout (the non-flash path)
 
