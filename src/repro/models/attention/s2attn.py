@@ -13,8 +13,8 @@ Two shifted-group layouts are provided (``S2AttnConfig.wrap``):
 * ``wrap=False`` (default) cuts the shifted heads at ``G/2 + kG`` with no wrap-around: the first and the last
   half-groups are attended on their own. This is the reference's *training* path: ``fine-tune.py`` defaults to
   ``use_flash_attn=True``, and ``llama_attn_replace.forward_flashattn`` gives the shifted heads ``cu_seqlens``
-  at ``kG + G/2`` without rolling (our output equals that layout to within 4e-15 in fp64 (a few ulps), ``tests/test_s2attn.py``).
-  Leak-free.
+  at ``kG + G/2`` without rolling (our output equals that layout to within 4e-15 in fp64, a few ulps:
+  ``tests/test_s2attn.py``). Leak-free.
 * ``wrap=True`` is the reference's non-flash path (``forward_noflashattn``) and the paper's Algorithm 1: the
   shifted heads are rolled along T by ``-G/2``, grouped, attended and rolled back, so the last half-group is
   attended *together with* the first half-group (the first ``G/2`` tokens see the last ``G/2`` tokens of the
