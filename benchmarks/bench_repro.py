@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # run as a script from a checkout without an install (tools/ too)
 
-from repro.lanes import copy_tree  # noqa: E402
+from tools.lanes import copy_tree  # noqa: E402
 from tools.provenance import stage_scripts  # noqa: E402
 
 HEAVY = ("torch", "transformers", "lightning", "wandb", "peft", "datasets")
@@ -159,7 +159,7 @@ def _script_of(stage: str, scripts: dict) -> str:
 
 
 def lanes_table(path: Path) -> None:
-    """The stages of the last ``make repro`` (``repro.lanes`` writes ``stages.tsv``): per stage, then per family."""
+    """The stages of the last ``make repro`` (``tools.lanes`` writes ``stages.tsv``): per stage, then per family."""
     rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
     print("| worker | stage | how | start s | wall s |")
     print("|---|---|---|---:|---:|")
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-startup", action="store_true", help="no start-up table (the stage table only)")
     parser.add_argument("--warm", action="store_true", help="run the stages under `python -m repro.warm run`")
     parser.add_argument("--lanes", nargs="?", const=ROOT / ".cache/lanes/stages.tsv", type=Path, default=None,
-                        metavar="TSV", help="print the per-stage table of the last `make repro` (repro.lanes) and exit")
+                        metavar="TSV", help="print the per-stage table of the last `make repro` (tools.lanes) and exit")
     args = parser.parse_args(argv)
     if args.lanes:
         lanes_table(args.lanes)

@@ -1,4 +1,4 @@
-"""repro.lanes on a toy DVC pipeline: batches follow the DAG, and two workers end as one ``dvc repro``."""
+"""tools.lanes on a toy DVC pipeline: batches follow the DAG, and two workers end as one ``dvc repro``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from repro import lanes
+from tools import lanes
 
-STAGE = "python -c \"import pathlib,sys; pathlib.Path(sys.argv[2]).write_text(pathlib.Path(sys.argv[1]).read_text() + '{tag}')\" {dep} {out}"
+STAGE = ("python -c \"import pathlib,sys; pathlib.Path(sys.argv[2]).write_text(pathlib.Path(sys.argv[1]).read_text()"
+         " + '{tag}')\" {dep} {out}")
 
 
 def _stage(name: str, dep: str, out: str) -> str:
@@ -32,7 +33,9 @@ def toy_repo(tmp_path):
     body += ("  join:\n    cmd: cat c1.txt y1.txt > join.txt\n    deps:\n      - c1.txt\n      - y1.txt\n"
              "    outs:\n      - join.txt\n")
     (root / "dvc.yaml").write_text(body)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                       os.environ.get("PYTHONPATH")]))}  # tools/ of this checkout
     for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
                 [sys.executable, "-m", "dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "toy"]):
@@ -56,7 +59,7 @@ def test_plan_puts_waited_for_stages_first_and_leaves_the_join(toy_repo):
 
 def test_two_workers_leave_the_checkout_as_one_dvc_repro_would(toy_repo):
     root, env = toy_repo
-    proc = subprocess.run([sys.executable, "-m", "repro.lanes", "run", "--jobs", "2", "--batch", "1"], cwd=root,
+    proc = subprocess.run([sys.executable, "-m", "tools.lanes", "run", "--jobs", "2", "--batch", "1"], cwd=root,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[w1] Running stage" in proc.stdout  # the copy did work ...
@@ -77,7 +80,7 @@ def test_two_workers_leave_the_checkout_as_one_dvc_repro_would(toy_repo):
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout
     assert not (root / ".cache/lanes/worker1").exists()
-    again = subprocess.run([sys.executable, "-m", "repro.lanes", "run", "--jobs", "2"], cwd=root, env=env,
+    again = subprocess.run([sys.executable, "-m", "tools.lanes", "run", "--jobs", "2"], cwd=root, env=env,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
 
@@ -87,7 +90,7 @@ def test_a_failing_batch_stops_the_run_and_keeps_the_copy(toy_repo):
     text = (root / "dvc.yaml").read_text().replace("cat c1.txt", "exit 3; cat c1.txt")
     text = text.replace(STAGE.format(tag="y2", dep="x.txt", out="y2.txt"), "exit 7")
     (root / "dvc.yaml").write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "repro.lanes", "run", "--jobs", "2", "--batch", "1"], cwd=root,
+    proc = subprocess.run([sys.executable, "-m", "tools.lanes", "run", "--jobs", "2", "--batch", "1"], cwd=root,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     assert "failed" in proc.stderr and "y2" in proc.stderr

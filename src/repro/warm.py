@@ -15,8 +15,8 @@ process exits with the child's status. DVC sees an ordinary command.
 The stage runs in the stage process itself (as without the server) whenever the server cannot be
 reached, the environment differs from the server's in a variable read at import time
 (``HF_*``, ``TRANSFORMERS_*``, ``OMP_NUM_THREADS``, ...), a file under ``src/repro`` changed
-since the server started, or the stage runs in another checkout than the server. A signal to the stage process (Ctrl-C, DVC stopping) is passed on to
-the child.
+since the server started, or the stage runs in another checkout than the server. A signal to the stage
+process (Ctrl-C, DVC stopping) is passed on to the child.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def repro_copy(tmp_path_factory, repo_root):
                 ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "copy"]):
         _run(cmd, dest, env)
     # as `make repro` runs it: two workers (one in a copy), stages handed to warm servers (the second run is cold)
-    first = _run([sys.executable, "-m", "repro.lanes", "run", "--jobs", "2"], dest, env)
+    first = _run([sys.executable, "-m", "tools.lanes", "run", "--jobs", "2"], dest, env)
     logs = "".join(p.read_text() for p in sorted((dest / ".cache/lanes").glob("worker*.log")))
     assert "over 2 workers" in first.stdout and "[w0] Running stage" in first.stdout and "[w1] Running stage" in first.stdout
     assert "no warm start" not in first.stdout + first.stderr + logs

@@ -1,8 +1,8 @@
 """Run the DVC pipeline on several cores: what ``make repro`` runs.
 
-    python -m repro.lanes run                # as many workers as a CPU run can use (`make repro`)
-    python -m repro.lanes run --jobs 1       # plain `dvc repro` (with the warm stage start)
-    python -m repro.lanes plan               # print the batches without running anything
+    python -m tools.lanes run                # as many workers as a CPU run can use (`make repro`)
+    python -m tools.lanes run --jobs 1       # plain `dvc repro` (with the warm stage start)
+    python -m tools.lanes plan               # print the batches without running anything
 
 ``dvc repro`` runs one stage at a time, and a tiny-profile stage uses one core (``run.num_threads``),
 while most stages are independent of each other: the LongLoRA and SimCSE chains meet only in the
@@ -220,7 +220,7 @@ def _worker(index: int, cwd: Path, root: Path, queue: _Queue, dvc_args: list[str
     log_path = root / LANES_DIR / f"worker{index}.log"
     with open(log_path, "w") as log, warm_server(cwd, env) as warm_env:
         while (batch := queue.take()) is not None:
-            log.write(f"repro.lanes: dvc repro {' '.join(batch.stages)}\n")
+            log.write(f"tools.lanes: dvc repro {' '.join(batch.stages)}\n")
             log.flush()
             proc = subprocess.Popen([_dvc(), "repro", *dvc_args, *batch.stages], cwd=cwd, env=warm_env,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
@@ -271,7 +271,7 @@ def adopt(root: Path, copy: Path, stages: list[str]) -> int:
         for out in entry.get("outs", []):
             src, dest = copy / out["path"], root / out["path"]
             if not src.exists():
-                raise FileNotFoundError(f"repro.lanes: {src} (an output in {copy / 'dvc.lock'}) is missing")
+                raise FileNotFoundError(f"tools.lanes: {src} (an output in {copy / 'dvc.lock'}) is missing")
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
             elif dest.exists() or dest.is_symlink():
@@ -318,7 +318,7 @@ def run(root: Path, jobs: int, dvc_args: list[str], batch_size: int = 4) -> int:
         return subprocess.call(_warm_repro([], dvc_args), cwd=root)
     workers = [root] + [root / LANES_DIR / f"worker{i}" for i in range(1, min(jobs, len(the_plan.batches)))]
     stages = sum(len(b.stages) for b in the_plan.batches)
-    print(f"repro.lanes: {stages} stages in {len(the_plan.batches)} batches over {len(workers)} workers "
+    print(f"tools.lanes: {stages} stages in {len(the_plan.batches)} batches over {len(workers)} workers "
           f"(logs: {LANES_DIR}/worker<i>.log); then dvc repro here", flush=True)
     (root / LANES_DIR).mkdir(parents=True, exist_ok=True)
     for copy in workers[1:]:
@@ -335,16 +335,16 @@ def run(root: Path, jobs: int, dvc_args: list[str], batch_size: int = 4) -> int:
     if queue.failed:
         for index, failed_stages, code in queue.failed:
             tail = (root / LANES_DIR / f"worker{index}.log").read_text(errors="replace").splitlines()[-40:]
-            print(f"repro.lanes: worker {index} failed (exit {code}) in {' '.join(failed_stages)}; its log ends:",
+            print(f"tools.lanes: worker {index} failed (exit {code}) in {' '.join(failed_stages)}; its log ends:",
                   file=sys.stderr)
             print("\n".join(tail), file=sys.stderr)
-        print("repro.lanes: fix the error and rerun; the copies (and their checkpoints) are kept", file=sys.stderr)
+        print("tools.lanes: fix the error and rerun; the copies (and their checkpoints) are kept", file=sys.stderr)
         return 1
     began = time.monotonic()
     adopted = sum(adopt(root, copy, queue.done_by.get(i, [])) for i, copy in enumerate(workers) if i)
     timings.add("adopt", f"(outputs and lock entries of {adopted} stages from the copies)", "ran", began,
                 time.monotonic())
-    print(f"repro.lanes: batches done ({moved} W&B runs moved to wandb/, {adopted} stages adopted from the copies); "
+    print(f"tools.lanes: batches done ({moved} W&B runs moved to wandb/, {adopted} stages adopted from the copies); "
           f"dvc repro here checks every stage and runs {' '.join(the_plan.rest) or 'nothing else'}", flush=True)
     final = [a for a in dvc_args if a not in _FORCE]  # --force would run every stage again
     began = time.monotonic()
@@ -353,7 +353,7 @@ def run(root: Path, jobs: int, dvc_args: list[str], batch_size: int = 4) -> int:
         code = subprocess.call(_warm_repro(the_plan.rest, [*final, "--force", "--single-item"]), cwd=root)
     timings.add("last", "(last dvc repro: status checks, " + (" ".join(the_plan.rest) or "nothing else") + ")",
                 "ran", began, time.monotonic())
-    print(f"repro.lanes: {time.monotonic() - timings.start:.0f} s in all, the last dvc repro "
+    print(f"tools.lanes: {time.monotonic() - timings.start:.0f} s in all, the last dvc repro "
           f"{time.monotonic() - began:.0f} s", flush=True)
     if code == 0:
         for copy in workers[1:]:
@@ -363,7 +363,7 @@ def run(root: Path, jobs: int, dvc_args: list[str], batch_size: int = 4) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     usage="python -m repro.lanes {run,plan} [--jobs N] [--batch K] [-- DVC_ARGS...]")
+                                     usage="python -m tools.lanes {run,plan} [--jobs N] [--batch K] [-- DVC_ARGS...]")
     parser.add_argument("cmd", choices=["run", "plan"])
     parser.add_argument("--jobs", default="auto", help="workers (default: auto, see above)")
     parser.add_argument("--batch", type=int, default=4, help="at most this many stages per dvc repro (default 4)")
