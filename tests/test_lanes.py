@@ -79,6 +79,10 @@ def test_two_workers_leave_the_checkout_as_one_dvc_repro_would(toy_repo):
     assert all(f"Running stage '{s}'" not in last_run for s in ran_by), last_run  # nothing ran twice
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout
+    # the adopted stages' outputs are git-ignored here as DVC ignores the outputs it writes itself
+    porcelain = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, env=env,
+                               capture_output=True, text=True, check=True).stdout
+    assert not [line for line in porcelain.splitlines() if line.startswith("??") and line.endswith(".txt")], porcelain
     assert not (root / ".cache/lanes/worker1").exists()
     again = subprocess.run([sys.executable, "-m", "tools.lanes", "run", "--jobs", "2"], cwd=root, env=env,
                            capture_output=True, text=True, timeout=600)

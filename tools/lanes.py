@@ -278,12 +278,23 @@ def adopt(root: Path, copy: Path, stages: list[str]) -> int:
                 dest.unlink()
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(src), dest)
+            _merge_gitignore(src.parent / ".gitignore", dest.parent / ".gitignore")
     if taken:
         with modify_yaml(str(root / "dvc.lock")) as data:
             data.setdefault("schema", "2.0")
             data["stages"] = data.get("stages") or {}
             data["stages"].update(taken)
     return len(taken)
+
+
+def _merge_gitignore(src: Path, dest: Path) -> None:
+    """Add to ``dest`` the lines of ``src`` it lacks: the entries DVC wrote for an adopted stage's outputs."""
+    if not src.is_file():
+        return
+    have = dest.read_text().splitlines() if dest.is_file() else []
+    new = [line for line in src.read_text().splitlines() if line and line not in have]
+    if new:
+        dest.write_text("".join(f"{line}\n" for line in [*have, *new]))
 
 
 def default_jobs(root: Path) -> int:
