@@ -28,10 +28,12 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # run as a script from a checkout without an install
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # run as a script from a checkout without an install
 
-from repro.lanes import copy_tree  # noqa: E402
+from bench_startup import stage_counts  # noqa: E402
+
 from repro.provenance import stage_scripts  # noqa: E402
+from tools.lanes import copy_tree, stage_graph  # noqa: E402
 
 HEAVY = ("torch", "transformers", "lightning", "wandb", "peft", "datasets")
 STARTUP_CODE = (
@@ -71,15 +73,8 @@ def _import_times(stderr: str) -> tuple[dict[str, float], float]:
 
 
 def _stage_counts(root: Path) -> Counter:
-    """How many stages (``foreach`` expanded) run each pipeline script."""
-    from dvc.repo import Repo
-
-    counts: Counter = Counter()
-    for stage in Repo(str(root)).index.stages:
-        m = re.search(r"python\s+-m\s+(pipeline(?:\.\w+)+)", str(stage.cmd))
-        if m:
-            counts[m.group(1).replace(".", "/") + ".py"] += 1
-    return counts
+    """How many stages (``foreach`` expanded) run each pipeline script (``pipeline/x.py``)."""
+    return Counter({module.replace(".", "/") + ".py": n for module, n in stage_counts(root).items()})
 
 
 def startup_table(root: Path = ROOT) -> list[dict]:
@@ -102,11 +97,9 @@ def startup_table(root: Path = ROOT) -> list[dict]:
 
 def stage_order(root: Path) -> list[str]:
     """Stage addresses (``name`` or ``name@key``) in an order where every stage follows what it needs."""
-    import networkx as nx
-    from dvc.repo import Repo
+    from graphlib import TopologicalSorter
 
-    graph = Repo(str(root)).index.graph  # edges: stage -> a stage it depends on
-    return [stage.addressing.split("dvc.yaml:")[-1] for stage in reversed(list(nx.topological_sort(graph)))]
+    return list(TopologicalSorter(stage_graph(root)).static_order())
 
 
 def run_stages(root: Path, pattern: str | None, warm: bool = False) -> list[dict]:
@@ -159,7 +152,7 @@ def _script_of(stage: str, scripts: dict) -> str:
 
 
 def lanes_table(path: Path) -> None:
-    """The stages of the last ``make repro`` (``repro.lanes`` writes ``stages.tsv``): per stage, then per family."""
+    """The stages of the last ``make repro`` (``tools.lanes`` writes ``stages.tsv``): per stage, then per family."""
     rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
     print("| worker | stage | how | start s | wall s |")
     print("|---|---|---|---:|---:|")
@@ -167,7 +160,7 @@ def lanes_table(path: Path) -> None:
         print(f"| {worker} | `{stage}` | {how} | {float(start):.0f} | {float(wall):.1f} |")
     families: dict[str, list[float]] = {}
     for worker, stage, how, _start, wall in rows:
-        if how == "ran" and worker not in ("last", "adopt"):
+        if how == "ran" and worker not in ("last", "adopt", "sync"):
             families.setdefault(re.sub(r"@.*$", "", stage), []).append(float(wall))
     print("\n| stages | count | wall s (sum) | mean s |")
     print("|---|---:|---:|---:|")
@@ -224,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-startup", action="store_true", help="no start-up table (the stage table only)")
     parser.add_argument("--warm", action="store_true", help="run the stages under `python -m repro.warm run`")
     parser.add_argument("--lanes", nargs="?", const=ROOT / ".cache/lanes/stages.tsv", type=Path, default=None,
-                        metavar="TSV", help="print the per-stage table of the last `make repro` (repro.lanes) and exit")
+                        metavar="TSV", help="print the per-stage table of the last `make repro` (tools.lanes) and exit")
     args = parser.parse_args(argv)
     if args.lanes:
         lanes_table(args.lanes)

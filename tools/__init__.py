@@ -1,0 +1,1 @@
+"""Tools that run beside the pipeline (``python -m tools.<name>``); no stage imports them."""
