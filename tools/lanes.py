@@ -1,7 +1,7 @@
 """Run the DVC pipeline on several cores: what ``make repro`` runs.
 
     python -m tools.lanes run                # one worker per core a CPU run can use (`make repro`)
-    python -m tools.lanes run --jobs 1       # plain `dvc repro` (with the warm stage start)
+    python -m tools.lanes run --jobs 1       # plain `dvc repro`
     python -m tools.lanes plan               # print the batches without running anything
 
 ``dvc repro`` runs one stage at a time, and a tiny-profile stage uses one core (``run.num_threads``),
@@ -21,20 +21,19 @@ DVC through its commands only, and DVC writes every ``dvc.lock`` entry. With ``-
    and where ``dvc checkout`` has put the outputs of the up-to-date stages its batches read. A batch
    is ``dvc repro --single-item <its stages>`` in the worker's folder, after ``dvc repro
    --single-item`` of the upstream stages that another worker ran (DVC takes them from the
-   run-cache those workers filled). Stage processes are handed to the worker's warm server
-   (:mod:`repro.warm`). Each worker's DVC output goes to ``.cache/lanes/worker<i>.log``. A stage's
-   wall time is read from the worker's ``dvc.lock``, which DVC rewrites after each stage: from one
-   rewrite to the rewrite that holds the stage's new entry (``.cache/lanes/stages.tsv``;
+   run-cache those workers filled). Each worker's DVC output goes to ``.cache/lanes/worker<i>.log``.
+   A stage's wall time is read from the worker's ``dvc.lock``, which DVC rewrites after each stage:
+   from one rewrite to the rewrite that holds the stage's new entry (``.cache/lanes/stages.tsv``;
    ``benchmarks/bench_repro.py --lanes`` prints it as a table).
 3. When every batch has succeeded, the copies' W&B offline runs move into this checkout's
    ``wandb/``, and this checkout *adopts* the stages the copies ran: their outputs (the paths their
    entries in the copy's ``dvc.lock`` list) move here, and ``dvc commit --force --no-relink <those
    stages>`` has DVC hash their dependencies and outputs here and write their entries. Each entry
    must then equal the one DVC wrote in the copy; a stage whose entry differs (a dependency changed
-   here while the copy ran it) runs again here (``dvc repro --force --single-item``). Adopting by
-   ``dvc repro`` instead, which takes each stage from the run-cache, costs more: DVC rewrites the
-   whole ``dvc.lock`` after each stage either way, and the run-cache path checks out the outputs too
-   (``benchmarks/bench_adopt.py`` measures both on a toy pipeline).
+   here while the copy ran it) runs again here (``dvc repro --force --single-item``). DVC rewrites
+   the whole ``dvc.lock`` for each stage either way, so adopting costs about 0.7 s a stage at this
+   pipeline's ~210 kB lock; ``dvc repro`` taking each stage from the run-cache instead was ~10%
+   slower (``benchmarks/bench_adopt.py``, 29 stages: 19–22 s by commit, 21–24 s by run-cache).
 4. A last ``dvc repro`` here checks every stage and runs the rest. ``dvc.lock``, the outputs and
    ``dvc status`` end as after a plain ``dvc repro``.
 
@@ -58,12 +57,9 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
 from pathlib import Path
-
-from repro.warm import warm_server
 
 LANES_DIR = Path(".cache") / "lanes"
 _FORCE = ("-f", "--force")
@@ -327,15 +323,9 @@ def _run_watched(command: list[str], cwd: Path, env: dict, log, poll_s: float = 
 
 
 def _worker(index: int, cwd: Path, root: Path, queue: _Queue, the_plan: Plan, dvc_args: list[str],
-            timings: _Timings, env: dict[str, str], serve: bool) -> None:
-    """Take batches until none is left; each: fetch the upstream stages others ran, then ``dvc repro -s``.
-
-    With ``serve``, the worker starts a warm server of its own (with ``env``) for its stage processes.
-    """
-    with ExitStack() as stack:
-        if serve:
-            env = stack.enter_context(warm_server(cwd, env))
-        log = stack.enter_context(open(root / LANES_DIR / f"worker{index}.log", "w"))
+            timings: _Timings, env: dict[str, str]) -> None:
+    """Take batches until none is left; each: fetch the upstream stages others ran, then ``dvc repro -s``."""
+    with open(root / LANES_DIR / f"worker{index}.log", "w") as log:
         have: set[str] = set()  # stale stages that are up to date in this folder
         while (batch := queue.take()) is not None:
             fetch = [s for s in the_plan.order if s in batch.needs and s not in have]
@@ -449,8 +439,7 @@ def run(root: Path, jobs: int, dvc_args: list[str], batch_size: int = 4) -> int:
     forced = any(a in _FORCE for a in dvc_args)
     the_plan = plan(root, batch_size, forced) if jobs > 1 else Plan()
     if len(the_plan.batches) < 2:
-        with warm_server(root) as env:
-            return subprocess.call([_dvc_exe(), "repro", *dvc_args], cwd=root, env=env)
+        return subprocess.call([_dvc_exe(), "repro", *dvc_args], cwd=root)
     workers = [root] + [root / LANES_DIR / f"worker{i}" for i in range(1, min(jobs, len(the_plan.batches)))]
     stages = sum(len(b.stages) for b in the_plan.batches)
     print(f"tools.lanes: {stages} stages in {len(the_plan.batches)} batches over {len(workers)} workers "
@@ -464,47 +453,41 @@ def run(root: Path, jobs: int, dvc_args: list[str], batch_size: int = 4) -> int:
                     "ran", began, time.monotonic())
     queue = _Queue(the_plan.batches)
     threads = [threading.Thread(target=_worker, args=(i, cwd, root, queue, the_plan, dvc_args, timings,
-                                                      _copy_env(cwd), True), daemon=True)
-               for i, cwd in enumerate(workers) if i]
-    for t in threads:  # the copies' warm servers start side by side with this checkout's
+                                                      dict(os.environ) if i == 0 else _copy_env(cwd)), daemon=True)
+               for i, cwd in enumerate(workers)]
+    for t in threads:
         t.start()
-    with warm_server(root) as root_env:  # worker 0's warm server serves the last dvc repro too
-        threads.append(threading.Thread(target=_worker, args=(0, root, root, queue, the_plan, dvc_args, timings,
-                                                              root_env, False), daemon=True))
-        threads[-1].start()
-        for t in threads:
-            t.join()
-        moved = sum(_move_wandb_runs(copy / "wandb", root / "wandb") for copy in workers[1:])
-        if queue.failed:
-            for index, failed_stages, code in queue.failed:
-                tail = (root / LANES_DIR / f"worker{index}.log").read_text(errors="replace").splitlines()[-40:]
-                print(f"tools.lanes: worker {index} failed (exit {code}) in {' '.join(failed_stages)}; its log ends:",
-                      file=sys.stderr)
-                print("\n".join(tail), file=sys.stderr)
-            print("tools.lanes: fix the error and rerun; the copies (and their checkpoints) are kept", file=sys.stderr)
-            return 1
-        began = time.monotonic()
-        adopted, differ = adopt(root, {copy: queue.done_by.get(i, []) for i, copy in enumerate(workers) if i})
-        timings.add("adopt", f"(outputs moved, dvc commit of {len(adopted)} stages from the copies)", "ran", began,
-                    time.monotonic())
-        print(f"tools.lanes: batches done ({moved} W&B runs moved to wandb/, {len(adopted)} stages adopted from the "
-              f"copies in {time.monotonic() - began:.1f} s); dvc repro here runs "
-              f"{' '.join(the_plan.rest) or 'nothing else'}", flush=True)
-        final = [a for a in dvc_args if a not in _FORCE]  # --force would run every stage again
-        began = time.monotonic()
-        code = 0
-        if differ:
-            print(f"tools.lanes: {' '.join(differ)}: the dependencies here differ from those the copy ran them "
-                  "with (changed during the run?); running them again here", file=sys.stderr, flush=True)
-            code = subprocess.call([_dvc_exe(), "repro", "--force", "--single-item", *final, *differ], cwd=root,
-                                   env=root_env)
-        if code == 0 and forced and the_plan.rest:
-            code = subprocess.call([_dvc_exe(), "repro", "--force", "--single-item", *final, *the_plan.rest],
-                                   cwd=root, env=root_env)
-        if code == 0:
-            code = subprocess.call([_dvc_exe(), "repro", *final], cwd=root, env=root_env)
-        timings.add("last", "(last dvc repro: status checks, " + (" ".join(the_plan.rest) or "nothing else") + ")",
-                    "ran", began, time.monotonic())
+    for t in threads:
+        t.join()
+    moved = sum(_move_wandb_runs(copy / "wandb", root / "wandb") for copy in workers[1:])
+    if queue.failed:
+        for index, failed_stages, code in queue.failed:
+            tail = (root / LANES_DIR / f"worker{index}.log").read_text(errors="replace").splitlines()[-40:]
+            print(f"tools.lanes: worker {index} failed (exit {code}) in {' '.join(failed_stages)}; its log ends:",
+                  file=sys.stderr)
+            print("\n".join(tail), file=sys.stderr)
+        print("tools.lanes: fix the error and rerun; the copies (and their checkpoints) are kept", file=sys.stderr)
+        return 1
+    began = time.monotonic()
+    adopted, differ = adopt(root, {copy: queue.done_by.get(i, []) for i, copy in enumerate(workers) if i})
+    timings.add("adopt", f"(outputs moved, dvc commit of {len(adopted)} stages from the copies)", "ran", began,
+                time.monotonic())
+    print(f"tools.lanes: batches done ({moved} W&B runs moved to wandb/, {len(adopted)} stages adopted from the "
+          f"copies in {time.monotonic() - began:.1f} s); dvc repro here runs "
+          f"{' '.join(the_plan.rest) or 'nothing else'}", flush=True)
+    final = [a for a in dvc_args if a not in _FORCE]  # --force would run every stage again
+    began = time.monotonic()
+    code = 0
+    if differ:
+        print(f"tools.lanes: {' '.join(differ)}: the dependencies here differ from those the copy ran them "
+              "with (changed during the run?); running them again here", file=sys.stderr, flush=True)
+        code = subprocess.call([_dvc_exe(), "repro", "--force", "--single-item", *final, *differ], cwd=root)
+    if code == 0 and forced and the_plan.rest:
+        code = subprocess.call([_dvc_exe(), "repro", "--force", "--single-item", *final, *the_plan.rest], cwd=root)
+    if code == 0:
+        code = subprocess.call([_dvc_exe(), "repro", *final], cwd=root)
+    timings.add("last", "(last dvc repro: status checks, " + (" ".join(the_plan.rest) or "nothing else") + ")",
+                "ran", began, time.monotonic())
     print(f"tools.lanes: {time.monotonic() - timings.start:.0f} s in all, the last dvc repro "
           f"{time.monotonic() - began:.0f} s", flush=True)
     if code == 0:
