@@ -23,9 +23,8 @@ $(STAMP): pyproject.toml
 check: $(STAMP)
 	$(BIN)/python -m repro.check
 
-# Independent stages run side by side, one worker per core (tools/lanes.py; JOBS=1 for one), and
-# stage processes hand their work to a server that has imported torch/transformers/lightning once
-# (src/repro/warm.py); `make repro-cold` is a plain `dvc repro`, every stage started from scratch.
+# Independent stages run side by side, one worker per core (tools/lanes.py, through DVC's commands;
+# JOBS=1 for one); `make repro-cold` is a plain `dvc repro`, one stage at a time.
 JOBS ?= auto
 repro: check
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m tools.lanes run --jobs $(JOBS)

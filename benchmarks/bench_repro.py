@@ -28,9 +28,11 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # run as a script from a checkout without an install (tools/ too)
+sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "benchmarks")]  # run as a script from a checkout (tools/ too)
 
-from tools.lanes import copy_tree  # noqa: E402
+from bench_startup import stage_counts  # noqa: E402
+
+from tools.lanes import copy_tree, stage_graph  # noqa: E402
 from tools.provenance import stage_scripts  # noqa: E402
 
 HEAVY = ("torch", "transformers", "lightning", "wandb", "peft", "datasets")
@@ -71,15 +73,8 @@ def _import_times(stderr: str) -> tuple[dict[str, float], float]:
 
 
 def _stage_counts(root: Path) -> Counter:
-    """How many stages (``foreach`` expanded) run each pipeline script."""
-    from dvc.repo import Repo
-
-    counts: Counter = Counter()
-    for stage in Repo(str(root)).index.stages:
-        m = re.search(r"python\s+-m\s+(pipeline(?:\.\w+)+)", str(stage.cmd))
-        if m:
-            counts[m.group(1).replace(".", "/") + ".py"] += 1
-    return counts
+    """How many stages (``foreach`` expanded) run each pipeline script (``pipeline/x.py``)."""
+    return Counter({module.replace(".", "/") + ".py": n for module, n in stage_counts(root).items()})
 
 
 def startup_table(root: Path = ROOT) -> list[dict]:
@@ -102,39 +97,15 @@ def startup_table(root: Path = ROOT) -> list[dict]:
 
 def stage_order(root: Path) -> list[str]:
     """Stage addresses (``name`` or ``name@key``) in an order where every stage follows what it needs."""
-    import networkx as nx
-    from dvc.repo import Repo
+    from graphlib import TopologicalSorter
 
-    graph = Repo(str(root)).index.graph  # edges: stage -> a stage it depends on
-    return [stage.addressing.split("dvc.yaml:")[-1] for stage in reversed(list(nx.topological_sort(graph)))]
+    return list(TopologicalSorter(stage_graph(root)).static_order())
 
 
-def run_stages(root: Path, pattern: str | None, warm: bool = False) -> list[dict]:
-    """Time ``dvc repro -s -f`` of each stage in ``root``, in dependency order.
-
-    With ``warm``, one warm server (:mod:`repro.warm`) serves every stage, as under ``make repro``;
-    its own start-up is reported as a row of its own.
-    """
+def run_stages(root: Path, pattern: str | None) -> list[dict]:
+    """Time ``dvc repro -s -f`` of each stage in ``root``, in dependency order."""
     dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
-    rows = []
-    env = _env()
-    server = None
-    if warm:
-        start = time.perf_counter()
-        sock = Path(tempfile.mkdtemp(prefix="bench-warm-")) / "sock"
-        server = subprocess.Popen([sys.executable, "-m", "repro.warm", "serve", "--socket", str(sock), "--ready-line"],
-                                  cwd=root, env=env, stdout=subprocess.PIPE, text=True)
-        if server.stdout.readline().strip() != "ready":
-            raise RuntimeError("the warm server did not start")
-        env["REPRO_WARM_SOCKET"] = str(sock)
-        rows.append({"stage": "(warm server start)", "wall_s": time.perf_counter() - start, "ok": True})
-    try:
-        rows += _time_stages(root, pattern, dvc, env)
-    finally:
-        if server:
-            server.terminate()
-            server.wait(timeout=10)
-    return rows
+    return _time_stages(root, pattern, dvc, _env())
 
 
 def _time_stages(root: Path, pattern: str | None, dvc: str, env: dict) -> list[dict]:
@@ -167,7 +138,7 @@ def lanes_table(path: Path) -> None:
         print(f"| {worker} | `{stage}` | {how} | {float(start):.0f} | {float(wall):.1f} |")
     families: dict[str, list[float]] = {}
     for worker, stage, how, _start, wall in rows:
-        if how == "ran" and worker not in ("last", "adopt"):
+        if how == "ran" and worker not in ("last", "adopt", "sync"):
             families.setdefault(re.sub(r"@.*$", "", stage), []).append(float(wall))
     print("\n| stages | count | wall s (sum) | mean s |")
     print("|---|---:|---:|---:|")
@@ -222,7 +193,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", type=Path, default=None, help="run in this folder and leave it there")
     parser.add_argument("--stages", default=None, help="only stages matching this regex (their inputs must exist)")
     parser.add_argument("--skip-startup", action="store_true", help="no start-up table (the stage table only)")
-    parser.add_argument("--warm", action="store_true", help="run the stages under `python -m repro.warm run`")
     parser.add_argument("--lanes", nargs="?", const=ROOT / ".cache/lanes/stages.tsv", type=Path, default=None,
                         metavar="TSV", help="print the per-stage table of the last `make repro` (tools.lanes) and exit")
     args = parser.parse_args(argv)
@@ -249,12 +219,12 @@ def main(argv: list[str] | None = None) -> None:
     copy_tree(ROOT, workdir)
     scripts = stage_scripts(workdir / "dvc.yaml")
     start = time.perf_counter()
-    rows = run_stages(workdir, args.stages, warm=args.warm)
+    rows = run_stages(workdir, args.stages)
     total = time.perf_counter() - start
     print("\n| stage | wall s | of which start-up s (est.) | rest s |")
     print("|---|---|---|---|")
     for r in rows:
-        su = 0.0 if r["stage"].startswith("(") or args.warm else per_script.get(_script_of(r["stage"], scripts), 0.0)
+        su = per_script.get(_script_of(r["stage"], scripts), 0.0)
         print(f"| `{r['stage']}` | {r['wall_s']:.1f} | {su:.1f} | {r['wall_s'] - su:.1f} |"
               + ("" if r["ok"] else " FAILED |"))
     print(f"\nall {len(rows)} stages: {total:.0f} s ({total / 60:.1f} min) wall on {os.cpu_count()} CPUs")

@@ -1,7 +1,7 @@
 """Stage scripts start light: importing one pulls in no torch, transformers, lightning or wandb.
 
-The heavy imports happen once the stage runs (in the process, or in the warm server's child), so a
-usage error is immediate and a stage handed to the warm server never pays for them itself.
+The heavy imports happen once the stage runs, so a usage error is immediate and the report stage, which
+needs none of them, never pays for them.
 """
 
 import json

@@ -71,7 +71,7 @@ def _configure_logging() -> None:
 def _set_threads(cfg: DictConfig) -> None:
     """Apply ``run.num_threads`` without importing torch: stages that never need it (the report) stay light.
 
-    With torch already imported (a warm server's child) its intra-op pool is resized; otherwise
+    With torch already imported its intra-op pool is resized; otherwise
     ``OMP_NUM_THREADS`` is set, which torch reads for that pool when the stage imports it.
     """
     n = int(cfg.run.num_threads)
@@ -126,22 +126,6 @@ def job_tags(argv: list[str], task_overrides: list[str]) -> tuple[tuple[str, str
     return tuple(tags)
 
 
-def _warm_delegate() -> None:
-    """Under ``python -m repro.warm run``, run this stage in the warm server and exit with its status."""
-    import os
-
-    if not os.environ.get("REPRO_WARM_SOCKET"):
-        return
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if spec is None:  # not started with `python -m`: nothing to hand over
-        return
-    from repro.warm import delegate
-
-    code = delegate(spec.name, sys.argv)
-    if code is not None:
-        sys.exit(code)
-
-
 def _resolve(task: Callable[[DictConfig, StageContext], None] | str) -> Callable[[DictConfig, StageContext], None]:
     if callable(task):
         return task
@@ -155,11 +139,9 @@ def run_stage(task: Callable[[DictConfig, StageContext], None] | str) -> None:
     """Run ``task(cfg, ctx)`` from the command line (see module docstring).
 
     ``--params FILE [--name value ...]`` selects DVC mode; any other arguments are Hydra overrides.
-    ``task`` may be ``"module:function"``, imported only once the stage runs here: a stage script
-    that names its task so starts in well under a second, and under ``python -m repro.warm run``
-    hands the stage to the warm server (:mod:`repro.warm`) before importing anything heavy.
+    ``task`` may be ``"module:function"``, imported only when the stage runs, so that importing a
+    stage script stays light.
     """
-    _warm_delegate()
     from repro.config import validate
 
     task = _resolve(task)

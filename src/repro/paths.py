@@ -1,7 +1,7 @@
 """Where the project checkout is: the folder that holds ``dvc.yaml`` and ``conf/``.
 
-Its own module, imported by :mod:`repro.cli` (for the stage scripts) and :mod:`repro.warm` (the warm server,
-which :mod:`repro.cli` hands stages to), so that neither imports the other for it.
+A module of its own, so that whatever needs the checkout (:mod:`repro.cli` for the stage scripts, the
+tools) imports nothing else for it.
 """
 
 from __future__ import annotations

@@ -48,18 +48,17 @@ def repro_copy(tmp_path_factory, repo_root):
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "copy"]):
         _run(cmd, dest, env)
-    # as `make repro` runs it: two workers (one in a copy), stages handed to warm servers (the second run is cold)
+    # as `make repro` runs it: two workers, one in a copy
     first = _run([sys.executable, "-m", "tools.lanes", "run", "--jobs", "2"], dest, env)
-    logs = "".join(p.read_text() for p in sorted((dest / ".cache/lanes").glob("worker*.log")))
-    assert "over 2 workers" in first.stdout and "[w0] Running stage" in first.stdout and "[w1] Running stage" in first.stdout
-    assert "no warm start" not in first.stdout + first.stderr + logs
+    assert "over 2 workers" in first.stdout and "[w0] dvc repro" in first.stdout and "[w1] dvc repro" in first.stdout
     return dest, env, first
 
 
 def test_parallel_workers_end_as_one_dvc_repro(repro_copy):
-    """What worker 1 ran in its copy is taken from the run-cache here; its W&B runs moved here; copy removed."""
+    """What worker 1 ran in its copy is adopted here (dvc commit); its W&B runs moved here; copy removed."""
     dest, env, first = repro_copy
-    assert "is cached - skipping run, checking out outputs" in first.stdout
+    timed = [line.split("\t") for line in (dest / ".cache/lanes/stages.tsv").read_text().splitlines()[1:]]
+    assert {row[0] for row in timed if row[2] == "ran"} >= {"0", "1"}  # both workers ran stages
     status = _run([sys.executable, "-m", "dvc", "status"], dest, env)
     assert "up to date" in status.stdout, status.stdout
     records = sorted(dest.glob("metrics/**/runs/*.json"))
@@ -70,8 +69,7 @@ def test_parallel_workers_end_as_one_dvc_repro(repro_copy):
 
 
 def test_repro_produces_metrics_plots_and_reports(repro_copy):
-    dest, _, first = repro_copy
-    assert "Running stage 'report'" in first.stdout
+    dest, _, _ = repro_copy
     ev = json.loads((dest / "metrics/longlora/eval.json").read_text())
     assert ev["eval/pi_extension_context"] == 768
     for model, extended in (("base_pi", "base_pi_extended"), ("finetuned", "finetuned_pi_extended")):

@@ -24,6 +24,7 @@ from repro.reporting import MISSING, Control, claim_row, fmt
 from repro.reports.ablation_rows import _same, paper_value, simcse_settings
 from repro.reports.controls import Controls
 from repro.reports.results import DEV, FAR_WORSE_POINTS, VariantResult, ctx_of, curve_points, pick, ppl_lengths
+from repro.seeds import ordering_held
 
 COLLAPSED_UNIFORMITY = -0.5  # uniformity above this (log E exp(-2||x-y||^2); -4 is healthy) = collapsed embeddings
 
@@ -44,7 +45,11 @@ def _beyond_spread(a: VariantResult | None, b: VariantResult | None, key: str = 
     """Whether ``a``'s mean exceeds ``b``'s beyond both seed spreads (mean − std > mean + std)."""
     if a is None or b is None or a.value(key) is None or b.value(key) is None:
         return None
-    return a.value(key) - (a.value(f"{key}/std") or 0.0) > b.value(key) + (b.value(f"{key}/std") or 0.0)
+    return ordering_held(_mean_std(a, key), _mean_std(b, key))
+
+
+def _mean_std(r: VariantResult, key: str = DEV) -> tuple[float, float]:
+    return r.value(key), r.value(f"{key}/std") or 0.0
 
 
 def _spread(r: VariantResult | None, key: str = DEV) -> str:
@@ -64,8 +69,8 @@ def _best_claim(text: str, pool: Sequence[VariantResult], winner: VariantResult 
     held = None
     if complete:
         w = winner.variant
-        held = all(vals[w] - stds[w] > vals[k] + stds[k] for k in vals if k != w) if any(stds.values()) \
-            else vals[w] >= max(vals.values())
+        held = all(ordering_held((vals[w], stds[w]), (vals[k], stds[k])) for k in vals if k != w) \
+            if any(stds.values()) else vals[w] >= max(vals.values())
     best = max(vals, key=lambda k: vals[k]) if complete else None
     spread = lambda k: f" ± {fmt(stds[k])}" if stds[k] else ""  # noqa: E731
     evidence = ", ".join(f"{k} {fmt(v)}{spread(k)}" for k, v in vals.items()) + (f" → best {best}" if best else "")

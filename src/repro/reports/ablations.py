@@ -210,8 +210,10 @@ def _scale_note(cfg: DictConfig, kind: str) -> str:
             " its positive control shows that this setup can exhibit the effect.")
 
 
-def section(cfg: DictConfig, root: Path, out_dir: Path, name: str, hw: str) -> list[str]:
-    """The Markdown lines of one ablation: variants, the paper beside them, claims, figures."""
+def section(cfg: DictConfig, root: Path, out_dir: Path, name: str, hw: str, controls: Controls) -> list[str]:
+    """The Markdown lines of one ablation: variants, the paper beside them, claims, figures.
+
+    ``controls`` is the run's positive controls, built once for the page (:func:`build`)."""
     spec = ablation_spec(cfg, name)
     res = collect(root, cfg, name)
     n = {s: sum(r.status == s for r in res) for s in STATUSES}
@@ -223,7 +225,7 @@ def section(cfg: DictConfig, root: Path, out_dir: Path, name: str, hw: str) -> l
                   " metric); STS avg / test: the 7-task 'all' setting; align/uniform on STS-B test."]
     else:
         lines += [_longlora_table(res), "", _longlora_paper_note(spec, res)]
-    rows = claims(name, res, spec, Controls(cfg, root))
+    rows = claims(name, res, spec, controls)
     lines += ["", f"### Claims checked at the {cfg.run.profile} scale", "",
               md_table(CLAIM_HEADER, [[md_cell(c) for c in r] for r in rows])
               if rows else "No claim check is defined for this ablation."]
@@ -235,11 +237,12 @@ def section(cfg: DictConfig, root: Path, out_dir: Path, name: str, hw: str) -> l
 def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
     """The ablations page as Markdown (figures saved under ``out_dir/figures``)."""
     names, hw = ablation_names(cfg), hardware()
+    controls = Controls(cfg, Path(root))  # the positive controls, read once for every section
     lines = ["# Ablations", "", "Each variant is a config diff over the root config, trained and evaluated on its own."
              " A variant without metrics is listed as missing and a failed one with its error; none is dropped, and a"
              " claim that needs one reads 'missing'."]
     for name in names:
-        lines += section(cfg, Path(root), Path(out_dir), name, hw)
+        lines += section(cfg, Path(root), Path(out_dir), name, hw, controls)
     if not names:
         lines += ["", "No ablations in the config (`ablations`)."]
     return "\n".join(lines)

@@ -22,7 +22,6 @@ from repro.reporting import (
     save_figure,
 )
 from repro.reports.controls import Controls
-from repro.seeds import aggregate_seeds, ordering_held  # noqa: F401  (the page aggregates what the stages did)
 from repro.simcse_runs import run_train_config
 from repro.tracking import run_link
 
