@@ -141,6 +141,15 @@ def test_paper_value_matching_rules(diff, run, table, filters, column):
     assert paper_value(table, vcfg, run)[1] == expected
 
 
+def test_checkpoint_dropout_matches_no_dropout_row_but_other_tables_still_match():
+    """encoder.dropout null (a pretrained checkpoint keeps its own rate, as the mini and paper encoders do)."""
+    vcfg = R.variant_config(make_cfg(), {"simcse": {"encoder": {"dropout": None}, "train": {"temperature": 0.1}}})
+    assert paper_value("table3_dropout", vcfg, "unsup") is None
+    t = get_table("simcse", "tableD1_temperature")
+    expected = lookup("simcse", "tableD1_temperature", tau=0.1)["values"][t["columns"].index("stsb_dev")]
+    assert paper_value("tableD1_temperature", vcfg, "unsup")[1] == expected
+
+
 def test_hard_negatives_have_no_row_in_unsupervised_mode():
     vcfg = R.variant_config(make_cfg(), {"simcse": {"train": {"hard_negative_weight": 0.0}}})
     assert paper_value("table7_hard_negatives", vcfg, "unsup") is None

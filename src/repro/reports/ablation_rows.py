@@ -20,13 +20,17 @@ def simcse_settings(vcfg: DictConfig, run: str = "unsup") -> dict[str, Any]:
 
     ``simcse.train`` is overlaid with ``simcse.runs[run]`` (the ablation's ``run``, as
     :func:`repro.simcse_runs.run_train_config` does); alpha = exp(hard_negative_weight), the
-    reference code adding the weight to the hard-negative logit (SimCSE §4, Table 7).
+    reference code adding the weight to the hard-negative logit (SimCSE §4, Table 7). ``p`` is None
+    where ``encoder.dropout`` is null (the pretrained checkpoint keeps its own rate, which the report
+    stage does not load a checkpoint to learn); such a variant matches no row of the dropout table.
     """
     sc = vcfg.simcse
     runs = sc.get("runs") or {}
     train = OmegaConf.merge(sc.train, runs.get(run) or {})
     weight = float(train.hard_negative_weight)
-    return {"p": float(sc.encoder.dropout), "fixed": bool(train.fixed_dropout), "tau": float(train.temperature),
+    dropout = sc.encoder.get("dropout")
+    return {"p": None if dropout is None else float(dropout), "fixed": bool(train.fixed_dropout),
+            "tau": float(train.temperature),
             "alpha": 0.0 if weight == -math.inf else math.exp(weight), "pooler": str(sc.encoder.pooler),
             "mlp_only_train": bool(sc.encoder.mlp_only_train), "mode": str(train.mode),
             "batch_size": int(train.batch_size), "similarity": str(train.get("similarity", "cosine"))}
@@ -41,6 +45,8 @@ _TABLE6_POOLERS = MappingProxyType({("cls", False): "cls_with_mlp", ("cls", True
 def _row_query(table: str, s: dict[str, Any]) -> tuple[dict[str, Any], str, str] | None:
     """(row filters, column, label) of the paper row matching settings ``s``; None if the table has none."""
     if table == "table3_dropout":
+        if s["p"] is None:
+            return None
         return {"p": s["p"], "fixed_mask": s["fixed"]}, "stsb_dev", f"p={s['p']:g}" + (", fixed mask" if s["fixed"] else "")
     if table == "tableD1_temperature":
         if s.get("similarity") == "dot":  # Table D.1's "N/A" row: dot product instead of cosine, no τ

@@ -44,6 +44,15 @@ def _ppl_tables(rows: list[dict[str, str]], key: str, attention: str = "full") -
     return "\n\n".join(parts), by_set
 
 
+def _model_name(model) -> str:
+    """What the model is: the GGUF file, the checkpoint path or hub name, or the tiny model's shape."""
+    if model.source == "gguf":
+        return f"{model.get('gguf_package')}/{model.get('gguf_file')}"
+    if model.get("name_or_path"):
+        return str(model.name_or_path)
+    return f"random Llama, {model.get('num_layers')} layers, hidden {model.get('hidden_size')}"
+
+
 def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
     """The LongLoRA page as Markdown (figures saved under ``out_dir/figures``)."""
     ll = cfg.longlora
@@ -56,7 +65,7 @@ def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
     lines = [
         "# LongLoRA reproduction",
         "",
-        f"Profile **{cfg.run.profile}** on {hardware()}. Model source `{ll.model.source}`"
+        f"Profile **{cfg.run.profile}** on {hardware()}. Model `{_model_name(ll.model)}` (source `{ll.model.source}`)"
         f" (original context {original}), extended to **{target}** tokens with Position Interpolation"
         f" (factor {pi_factor(target, original)}), attention `{ll.attention.pattern}`"
         f" (shift `{ll.attention.shift}`, {'roll' if ll.attention.wrap else 'leak-free'}), adapter `{ll.adapter.mode}`,"
