@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from repro.tracking import find_offline_runs, read_offline_run
+from tests.integration._checkout import copy_checkout, stage_env
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +34,8 @@ def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def repro_copy(tmp_path_factory, repo_root):
     dest = tmp_path_factory.mktemp("repo") / "main"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo_root,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        src = repo_root / rel
-        if src.is_file() and not rel.startswith(("data/", "models/", "metrics/", "plots/", "reports/", "dvc.lock")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    copy_checkout(repo_root, dest)
+    env = stage_env()
     _run([sys.executable, "-m", "repro.compose", *SHRINK, "-o", str(dest / "params.yaml")], dest, env)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "copy"]):

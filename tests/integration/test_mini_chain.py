@@ -13,13 +13,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration._checkout import copy_checkout, stage_env
 
 pytestmark = pytest.mark.slow
 
@@ -73,15 +73,8 @@ def mini_chain(tmp_path_factory, repo_root, shared_data):
     root = tmp_path_factory.mktemp("mini")
     dest = root / "main"
     (root / "shared").symlink_to(shared_data.parent)   # the profile reads ../shared/data, as beside the checkout
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo_root,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        src = repo_root / rel
-        if src.is_file() and not rel.startswith(("data/", "models/", "metrics/", "plots/", "reports/", "dvc.lock")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    copy_checkout(repo_root, dest)
+    env = stage_env()
     _run([sys.executable, "-m", "repro.compose", *SHRINK, "-o", str(dest / "params.yaml")], dest, env)
     for stage in STAGES:
         _run([sys.executable, "-m", stage[0], "--params", "params.yaml", *stage[1:]], dest, env)
