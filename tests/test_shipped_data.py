@@ -1,4 +1,4 @@
-"""The data shipped for the default profile: every file listed with its licence and sha256, nothing unlisted."""
+"""The data shipped for the tiny models: every file listed with its licence and sha256, nothing unlisted."""
 
 from __future__ import annotations
 
@@ -7,22 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from tools.ship_data import FILES, manifest_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "data" / "shipped"
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def _rows() -> dict[str, list[str]]:
-    rows = {}
-    for line in (SHIPPED / "MANIFEST.md").read_text(encoding="utf-8").splitlines():
-        if line.startswith("| `"):
-            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-            rows[cells[0].strip("`")] = cells
-    return rows
-
-
 def test_every_shipped_file_is_listed_with_its_sha256_size_and_licence():
-    rows = _rows()
+    rows = manifest_rows(SHIPPED)
     on_disk = {p.relative_to(SHIPPED).as_posix() for p in SHIPPED.rglob("*") if p.is_file()} - {"MANIFEST.md"}
     assert on_disk == set(rows), "files under data/shipped and the manifest's rows differ"
     for path, cells in rows.items():
@@ -34,15 +27,11 @@ def test_every_shipped_file_is_listed_with_its_sha256_size_and_licence():
 
 
 def test_the_tool_lists_exactly_the_shipped_files():
-    from tools.ship_data import FILES
-
-    assert {dest for _, dest, _ in FILES} == set(_rows())
+    assert {dest for _, dest, _ in FILES} == set(manifest_rows(SHIPPED))
 
 
 @pytest.mark.skipif(not (SHARED / "MANIFEST.md").is_file(), reason="no ../shared/data here")
 def test_shipped_files_are_byte_copies_of_the_shared_sources():
-    from tools.ship_data import FILES
-
     for src, dest, _ in FILES:
         assert (SHARED / src).read_bytes() == (SHIPPED / dest).read_bytes(), dest
 

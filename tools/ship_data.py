@@ -1,10 +1,10 @@
-"""Copy the real data the default profile needs into ``data/shipped/`` and write its manifest.
+"""Copy the real data the tiny models run on into ``data/shipped/`` and write its manifest.
 
-A fresh clone has no ``../shared/data``, so the tiny profile's real text travels with the project: a few
-MB of redistributable files, copied byte for byte from a shared-data folder laid out as its
-``MANIFEST.md`` describes. ``data/shipped/MANIFEST.md`` gives every file's role, source repository and
-commit, licence (as the source states it) and sha256; ``tests/test_shipped_data.py`` checks the files
-against it.
+A fresh clone has no ``../shared/data``, so real text for the tiny profile (``data=shipped``,
+``sentence_data=shipped``) travels with the project: a few MB of redistributable files, copied byte for
+byte from a shared-data folder laid out as its ``MANIFEST.md`` describes. ``data/shipped/MANIFEST.md``
+gives every file's role, source repository and commit, licence (as the source states it) and sha256;
+``tests/test_shipped_data.py`` checks the files against it.
 
     python -m tools.ship_data --src ../shared/data      # (re)write data/shipped/ and its manifest
 """
@@ -12,11 +12,12 @@ against it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 from pathlib import Path
 
-# (path under the shared-data root, path under data/shipped, role in the tiny profile)
+from repro.fingerprint import file_sha256
+
+# (path under the shared-data root, path under data/shipped, role with data=shipped / sentence_data=shipped)
 FILES: tuple[tuple[str, str, str], ...] = (
     # LongLoRA: the tiny Llama pretrains and fine-tunes on four books, and is evaluated on two held-out
     # ones (PG19 validation / test stand-ins) and on LaTeX chapters (the proof-pile stand-in).
@@ -44,10 +45,10 @@ FILES: tuple[tuple[str, str, str], ...] = (
      "LongLoRA proof-pile-style test"),
     ("math/hott_book/README.md", "longlora/math/hott_book/README.md",
      "licence statement of the HoTT book chapters"),
-    # SimCSE: MLM pretraining and unsupervised SimCSE on Wikipedia sentences, supervised SimCSE on SNLI
+    # SimCSE: unsupervised SimCSE on Wikipedia sentences, supervised SimCSE on SNLI
     # triplets, STS12-16 / STS-B / SICK-R scoring, SentEval transfer tasks.
     ("wiki/wiki_sentences.txt", "simcse/wiki_sentences.txt",
-     "SimCSE MLM pretraining and unsupervised training (wiki1m stand-in)"),
+     "SimCSE unsupervised training (wiki1m stand-in)"),
     ("nli/nli_for_simcse_snli_dev.csv", "simcse/nli_for_simcse_snli_dev.csv",
      "SimCSE supervised training (nli_for_simcse.csv stand-in)"),
     ("sts/tsv/sts12_test.tsv", "simcse/sts/sts12_test.tsv",
@@ -88,9 +89,9 @@ FILES: tuple[tuple[str, str, str], ...] = (
 
 HEADER = """# Shipped data
 
-Real, redistributable data that the default (`tiny`) profile runs on, so a fresh clone needs nothing
-else. Written by `python -m tools.ship_data --src <shared data>`; every file is a byte-for-byte copy of
-the source file named below, and `tests/test_shipped_data.py` checks each sha256.
+Real, redistributable data the tiny models run on (`data=shipped`, `sentence_data=shipped`), so a fresh
+clone needs nothing else. Written by `python -m tools.ship_data --src <shared data>`; every file is a
+byte-for-byte copy of the source file named below, and `tests/test_shipped_data.py` checks each sha256.
 
 **STS scores on these files are not comparable to published full-test numbers**: about 20% of the STS
 test pairs (STS-B test 276/1379, SICK-R test 985/4927, STS12-16 1366/12544) are held out of the source
@@ -108,18 +109,14 @@ research-use terms.
 """
 
 
-def _manifest_rows(src: Path) -> dict[str, list[str]]:
-    """The shared manifest's file table, by path: its cells split on ``|``."""
+def manifest_rows(folder: Path) -> dict[str, list[str]]:
+    """The file table of ``folder/MANIFEST.md`` (the shared one or ours), by path: its cells split on ``|``."""
     rows = {}
-    for line in (src / "MANIFEST.md").read_text(encoding="utf-8").splitlines():
+    for line in (folder / "MANIFEST.md").read_text(encoding="utf-8").splitlines():
         if line.startswith("| `"):
             cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
             rows[cells[0].strip("`")] = cells
     return rows
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def ship(src: Path, dest: Path) -> list[tuple[str, int, str]]:
@@ -129,7 +126,7 @@ def ship(src: Path, dest: Path) -> list[tuple[str, int, str]]:
         FileNotFoundError: a listed file is missing under ``src``.
         ValueError: a file is not in the source manifest, or its sha256 differs from the one there.
     """
-    rows = _manifest_rows(src)
+    rows = manifest_rows(src)
     if dest.exists():
         shutil.rmtree(dest)
     out, lines = [], []
@@ -140,7 +137,7 @@ def ship(src: Path, dest: Path) -> list[tuple[str, int, str]]:
         if path not in rows:
             raise ValueError(f"{path}: not in {src / 'MANIFEST.md'}, so its source and licence are unknown")
         cells = rows[path]
-        digest = sha256(source)
+        digest = file_sha256(source)
         if cells[-1].strip("`") != digest:
             raise ValueError(f"{path}: sha256 {digest} differs from the source manifest's {cells[-1]}")
         target = dest / shipped
