@@ -81,7 +81,10 @@ def make_wordpiece_dir(tmp_path_factory):
 
         folder = tmp_path_factory.mktemp("tok")
         (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-        BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
+        # transformers 5 reads the vocabulary from `vocab=`; `vocab_file=` is ignored (every word becomes [UNK])
+        tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"))
+        assert tokenizer.convert_tokens_to_ids(words[0]) == 5, "the tokenizer did not load its vocabulary"
+        tokenizer.save_pretrained(str(folder))
         return folder
 
     return build

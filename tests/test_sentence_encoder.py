@@ -162,3 +162,56 @@ def test_encoder_yaml_files_match_the_dataclass():
         assert set(raw.keys()) <= names, f"{path.name}: unknown keys {set(raw.keys()) - names}"
         merged = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EncoderConfig), raw))
         assert isinstance(merged, EncoderConfig)
+
+
+def _tiny_decoder(tokenizer_dir, bidirectional: bool):
+    """A 2-layer Llama backbone behind the encoder, as the SmolLM2 encoder config builds it (mean pooling)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    from repro.models.sentence_encoder import SentenceEncoder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         pad_token_id=tokenizer.pad_token_id)
+    backbone = LlamaModel(config).eval()
+    cfg = EncoderConfig(source="package", pooler="mean", is_decoder=True, bidirectional=bidirectional)
+    return SentenceEncoder(backbone, tokenizer, cfg).eval()
+
+
+def _first_token_states(encoder, input_ids, attention_mask):
+    """The backbone's last hidden state at position 0, [B, d]."""
+    seen = {}
+    handle = encoder.backbone.register_forward_hook(lambda m, a, out: seen.update(h=out.last_hidden_state[:, 0]))
+    try:
+        with torch.no_grad():
+            encoder(input_ids, attention_mask)
+    finally:
+        handle.remove()
+    return seen["h"]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_bidirectional_decoder_sees_later_tokens_only_when_asked(tokenizer_dir, bidirectional):
+    enc = _tiny_decoder(tokenizer_dir, bidirectional)
+    ids = enc.tokenize(["the big red house", "the big red tree"])
+    assert ids["input_ids"][0, -2] != ids["input_ids"][1, -2]   # the sentences differ only in a later token
+    first = _first_token_states(enc, ids["input_ids"], ids["attention_mask"])
+    differs = (first[0] - first[1]).abs().max().item() > 1e-6
+    assert differs == bidirectional   # causal: position 0 cannot see the last word; LLM2Vec-style: it does
+
+
+def test_bidirectional_decoder_ignores_padding(tokenizer_dir):
+    enc = _tiny_decoder(tokenizer_dir, bidirectional=True)
+    short, long = "a dog", "the small blue cat sat on the mat quickly"
+    alone = enc.tokenize([short])
+    padded = enc.tokenize([short, long])   # the short sentence is right-padded in this batch
+    assert padded["attention_mask"][0].sum() < padded["attention_mask"].shape[1]
+    with torch.no_grad():
+        torch.testing.assert_close(enc(**padded)[0], enc(**alone)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_bidirectional_needs_a_decoder():
+    with pytest.raises(ValueError, match="bidirectional"):
+        EncoderConfig(source="tiny", bidirectional=True)

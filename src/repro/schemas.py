@@ -498,6 +498,9 @@ class EncoderConfig:
         dropout: overrides the backbone's dropout probabilities (hidden and attention); None keeps
             the checkpoint's (0.1 for BERT/RoBERTa, the paper's best p, Table 3).
         is_decoder: decoder-only backbone (use pooler "mean" or "last").
+        bidirectional: a decoder-only backbone attends in both directions (LLM2Vec's first step: the
+            causal mask is replaced by a padding-only mask, BehnamGhader et al. 2024, §2); pair it with
+            pooler "mean". False keeps the backbone's own mask (causal for a decoder).
         dtype: parameter dtype of the backbone, one of :data:`DTYPES` ("float32", "bfloat16", "float16").
     """
 
@@ -518,10 +521,14 @@ class EncoderConfig:
     mlp_from_pooler: bool = False
     dropout: float | None = None
     is_decoder: bool = False
+    bidirectional: bool = False
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _check_choice("simcse.encoder.dtype", self.dtype, DTYPES)
+        if self.bidirectional and not self.is_decoder:
+            raise ValueError("simcse.encoder.bidirectional applies to decoder backbones only (is_decoder: true); "
+                             "an encoder such as BERT attends both ways already")
 
 @dataclass
 class SimCSEDataConfig:

@@ -201,9 +201,15 @@ class SentenceEncoder(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         """Embed a batch: [B, T] ids and mask -> [B, d] embeddings."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        mask = attention_mask
+        if self.cfg.bidirectional:
+            # LLM2Vec: each token attends to every non-padding token of its sentence. transformers uses a
+            # prepared 4D mask as it is, instead of building the causal one.
+            keep = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
+            mask = keep.expand(-1, 1, attention_mask.shape[1], -1)  # [B, 1, T, T]
         out = self.backbone(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=mask,
             output_hidden_states=self._all_layers,
             return_dict=True,
             **kwargs,
