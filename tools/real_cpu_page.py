@@ -96,7 +96,10 @@ def _native(data: dict[str, dict[str, Any]]) -> list[str]:
         "brackets where it differs). Beyond 8192 the model is loaded with PI only, no training (§4.2).", "",
         *_table(headers, [ppl, pk]), "",
         f"Within its native context the perplexity {_trend([(n, ev[f'smollm2/{EVAL_SET}/ppl@{n}']) for n in lengths])}"
-        " (a model using its context gets better with more of it).", "",
+        " (a model using its context gets better with more of it). "
+        + " ".join(f"With PI only at {n} it is {_f(ev[f'smollm2_pi_extended/{EVAL_SET}/ppl@{n}'])} and passkey "
+                   f"{_passkey(ev, 'smollm2_pi_extended', n)}: interpolated positions without training cost more than "
+                   "the extra context gives." for n in pi_lengths), "",
     ]
 
 
@@ -145,6 +148,13 @@ def _finetune_findings(data: dict[str, dict[str, Any]]) -> list[str]:
         tuned = ev.get(f"finetuned/{EVAL_SET}/ppl@{lengths[-1]}")
         found.append(f"{label}: perplexity at {lengths[-1]} {base:.2f} (base + PI) -> {tuned:.2f}; over the "
                      f"evaluation lengths it {_trend([(n, ev[f'finetuned/{EVAL_SET}/ppl@{n}']) for n in lengths])}.")
+    best = {step: max((v for k, v in data[step]["eval"].items() if k.startswith("finetuned") and "/passkey@" in k),
+                      default=None)
+            for step in ("longlora", "full_ft") if step in data}
+    if best:
+        found.append("Best passkey accuracy of any point after PI: " + ", ".join(
+            f"{'LongLoRA' if k == 'longlora' else 'full fine-tuning'} {_f(v)}" for k, v in best.items())
+            + " (the base with PI scores as shown in the first row).")
     if {"longlora", "full_ft"} <= data.keys():
         lengths = _keys(data["longlora"]["eval"], "finetuned", "ppl")
         lo = data["longlora"]["eval"][f"finetuned/{EVAL_SET}/ppl@{lengths[-1]}"]
@@ -219,11 +229,21 @@ def _simcse(data: dict[str, dict[str, Any]], paper: dict[str, Any]) -> list[str]
         f"at lr {s['config']['train']['lr']:g}, every weight trained, {_minutes(float(tr['train/wall_s']))}, "
         f"the checkpoint chosen on STS-B dev ({_f(tr['train/best_stsb_dev'])}). LLM2Vec's MNTP step is not run.", "",
         *_table(["model", "pooling", *STS_HEADERS, "pairs"], rows), "",
-        f"The last row of ours scores every shipped pair ({s['all_pairs_note']}). About 20% of the STS test pairs "
+        *_simcse_finding(models),
+        f"The 'every shipped pair' row scores all of them ({s['all_pairs_note']}). About 20% of the STS test pairs "
         "are held out of the shipped copy, and the rest is subsampled as stated, so no row is comparable to "
         "published full-test numbers. all-MiniLM-L6-v2 was trained with supervision on over a billion sentence "
         "pairs, so it is a reference point, not a baseline SimCSE should beat.", "",
     ]
+
+
+def _simcse_finding(models: dict[str, Any]) -> list[str]:
+    before, after = models.get("smollm2_llm2vec_before"), models.get("smollm2_llm2vec_simcse")
+    if not (before and after and "avg" in before["sts"] and "avg" in after["sts"]):
+        return []
+    a, b = before["sts"]["avg"], after["sts"]["avg"]
+    return [f"SimCSE moves SmolLM2's average from {a:.2f} to {b:.2f} ({b - a:+.2f}) on the same "
+            f"{after['pairs']} pairs.", ""]
 
 
 def write_page(metrics: Path, page: Path) -> str:
