@@ -61,9 +61,11 @@ def _train(model, precision: str, tmp, steps: int = 20, lr: float = 2e-5):
 
 
 def test_bf16_mixed_moves_norms_and_embeddings_as_fp32_does(tmp_path):
-    """Tolerance: every norm/embedding entry that fp32 training moves also moves under bf16-mixed, and the
-    update vectors agree to cosine ≥ 0.95 and norm ratio within [0.8, 1.25] (bf16 autocast perturbs the
-    gradients, AdamW normalises them)."""
+    """Tolerance: at least 95% of the norm/embedding entries that fp32 training moves also move under
+    bf16-mixed (a norm of the tiny model has 64 entries, and one gradient that underflows in bf16 is
+    1.6% of them; which one does depends on the CPU's bf16 kernels), and the update vectors agree to
+    cosine ≥ 0.95 and norm ratio within [0.8, 1.25] (bf16 autocast perturbs the gradients, AdamW
+    normalises them). Norms or embeddings left untrained under bf16 would move 0%."""
     fp32 = _model("float32")
     bf16 = _model("bfloat16")
     upcast_trainable(bf16)
@@ -78,7 +80,7 @@ def test_bf16_mixed_moves_norms_and_embeddings_as_fp32_does(tmp_path):
         d32, d16 = (after32[name] - before32[name]).flatten(), (after16[name] - before16[name]).flatten()
         moved32, moved16 = (d32 != 0), (d16 != 0)
         assert moved32.float().mean() > 0.5, name
-        assert moved16[moved32].float().mean() > 0.99, name
+        assert moved16[moved32].float().mean() > 0.95, name
         cos = torch.nn.functional.cosine_similarity(d32, d16, dim=0)
         ratio = d16.norm() / d32.norm()
         assert cos > 0.95 and 0.8 < ratio < 1.25, (name, float(cos), float(ratio))
