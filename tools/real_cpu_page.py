@@ -25,12 +25,10 @@ def _f(value: Any, digits: int = 2) -> str:
     return "–" if value is None else f"{float(value):.{digits}f}"
 
 
-def _row(cells: list[Any]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
-    return [_row(headers), _row(["---"] * len(headers)), *(_row(r) for r in rows)]
+    from repro.reporting import md_table  # the report pages' table
+
+    return md_table(headers, rows).splitlines()
 
 
 def _keys(ev: dict[str, Any], model: str, kind: str) -> list[int]:
