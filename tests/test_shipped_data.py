@@ -62,3 +62,25 @@ def test_the_shipped_configs_read_only_shipped_files(tmp_path):
     sts = manifest["counts"]["sts"]
     assert sts["stsb"] == {"dev": 1500, "test": 1103} and sts["sickr"] == {"test": 3942, "trial": 500}
     assert sum(sts["sts12"].values()) == 2714 and manifest["counts"]["train_sentences"] == 200
+
+
+def test_the_default_profile_runs_on_shipped_real_data_and_names_no_synthetic_set():
+    """params.yaml (the default `dvc repro` runs) reads only data/shipped, and no committed metric names a synthetic set."""
+    import json
+
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
+    ll, sc = cfg["longlora"]["data"], cfg["simcse"]
+    for name, src in {"train": ll["train"], **ll["eval_sets"]}.items():
+        assert src["kind"] == "local" and src["path"].startswith("data/shipped/"), name
+        assert "synthetic" not in name
+    assert sc["data"]["source"] == "local" and sc["data"]["sts_root"].startswith("data/shipped/")
+    assert sc["transfer"]["data_dir"].startswith("data/shipped/")
+    for path in (ROOT / "metrics").rglob("*.json"):
+        if "real_cpu" in path.parts:
+            continue
+        data = json.loads(path.read_text())
+        names = [k for k in data if "synthetic" in k.lower()]
+        names += [f"{k}={v}" for k, v in data.items() if k in ("eval_set", "note") and "synthetic" in str(v).lower()]
+        assert not names, (path, names[:5])

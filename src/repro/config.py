@@ -34,6 +34,7 @@ SECTION_SCHEMAS: dict[str, str] = {
     "simcse.encoder": "repro.schemas:EncoderConfig",
     "simcse.data": "repro.schemas:SimCSEDataConfig",
     "simcse.train": "repro.schemas:SimCSETrainConfig",
+    "simcse.pretrain": "repro.schemas:SimCSEPretrainConfig",
     "simcse.eval": "repro.schemas:SimCSEEvalConfig",
     "simcse.transfer": "repro.schemas:TransferConfig",
 }

@@ -428,6 +428,11 @@ class LMEvalConfig:
         passkey_trials: trials per test point (``--num_tests``, 10 there); trial ``k`` uses seed ``k``.
         passkey_chars_per_token: filler characters per target token (the reference's rough 3.75).
         passkey_garbage_quantum: filler lengths are rounded down to a multiple of this (1024 there).
+        passkey_fit: shrink each trial's filler, one ``passkey_garbage_quantum`` at a time, until the tokenised
+            prompt plus the answer fit the test point, so that a point within the training context is tested
+            within it. The reference (False) sizes the filler by ``passkey_chars_per_token`` alone and ignores
+            the ~100 tokens of fixed text (task, key line, question): negligible at 32k, but at the tiny
+            profile's 64-512 points its prompts overshoot the point by up to 30%.
     """
 
     lengths: list[int] = field(default_factory=lambda: [2048, 4096, 8192, 16384, 32768])
@@ -442,6 +447,7 @@ class LMEvalConfig:
     passkey_trials: int = 10
     passkey_chars_per_token: float = 3.75
     passkey_garbage_quantum: int = 1024
+    passkey_fit: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("longlora.eval.precision", self.precision, EVAL_PRECISIONS)
@@ -502,6 +508,9 @@ class EncoderConfig:
             causal mask is replaced by a padding-only mask, BehnamGhader et al. 2024, §2); pair it with
             pooler "mean". False keeps the backbone's own mask (causal for a decoder).
         dtype: parameter dtype of the backbone, one of :data:`DTYPES` ("float32", "bfloat16", "float16").
+        init_from: ``source="tiny"`` only: a folder holding the tiny BERT's pretrained weights
+            (``save_pretrained``), normally set by the SimCSE stages to the ``simcse_pretrain`` output when
+            ``simcse.pretrain.steps > 0``; None builds the backbone with random weights.
     """
 
     source: str = "tiny"
@@ -523,12 +532,16 @@ class EncoderConfig:
     is_decoder: bool = False
     bidirectional: bool = False
     dtype: str = "float32"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("simcse.encoder.dtype", self.dtype, DTYPES)
         if self.bidirectional and not self.is_decoder:
             raise ValueError("simcse.encoder.bidirectional applies to decoder backbones only (is_decoder: true); "
                              "an encoder such as BERT attends both ways already")
+        if self.init_from and self.source != "tiny":
+            raise ValueError(f"simcse.encoder.init_from applies to source 'tiny' only (source is {self.source!r}: "
+                             "its weights come from the checkpoint)")
 
 @dataclass
 class SimCSEDataConfig:
@@ -644,6 +657,57 @@ class SimCSETrainConfig:
         _check_choice("simcse.train.precision", self.precision, PRECISIONS)
 
 @dataclass
+class SimCSEPretrainConfig:
+    """``simcse.pretrain``: masked-language-model pretraining of a from-scratch encoder, and the before rows.
+
+    SimCSE starts from a pretrained BERT; the tiny profile's BERT is built from a config, so the
+    ``simcse_pretrain`` stage first trains it with BERT's MLM objective (Devlin et al. 2019, §3.1: 15% of
+    the tokens chosen, of those 80% replaced by [MASK], 10% by a random token, 10% kept) on the unsupervised
+    training sentences, packed into blocks of ``block_length`` tokens ([CLS] first, sentences separated by
+    [SEP]), with a fresh mask for every pass over a block. Every SimCSE run then starts from these weights.
+    A pretrained checkpoint (``simcse.encoder.source`` package or hub) is not trained again: the stage only
+    scores it. Either way the stage scores the encoder *before* SimCSE with each of ``eval_poolers`` on
+    the STS sets (SimCSE Table 5's "BERT (first-last avg.)" rows).
+
+    Attributes:
+        steps: MLM optimizer steps for a ``source: tiny`` encoder (0 = none: SimCSE starts from random weights).
+        batch_size: blocks per step.
+        block_length: tokens per block (the SimCSE runs' ``max_length`` by default in the configs).
+        lr: AdamW peak learning rate (linear warm-up, then constant).
+        warmup_steps: warm-up steps.
+        mask_prob: share of tokens chosen for prediction (BERT: 0.15).
+        dropout: backbone dropout during MLM (BERT: 0.1); the SimCSE runs set their own.
+        seed: model initialisation, block order and masks.
+        ckpt_every_n_steps: checkpoint interval (a killed stage resumes from the newest intact one).
+        eval_poolers: poolers scored before SimCSE (``repro.models.pooling.POOLERS``).
+    """
+
+    steps: int = 0
+    batch_size: int = 64
+    block_length: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    mask_prob: float = 0.15
+    dropout: float = 0.1
+    seed: int = 0
+    ckpt_every_n_steps: int = 100
+    eval_poolers: list[str] = field(default_factory=lambda: ["avg", "avg_first_last", "cls_before_pooler"])
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "warmup_steps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"simcse.pretrain.{key} must be >= 0; got {getattr(self, key)}")
+        for key in ("batch_size", "ckpt_every_n_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"simcse.pretrain.{key} must be >= 1; got {getattr(self, key)}")
+        if self.block_length < 4:
+            raise ValueError(f"simcse.pretrain.block_length must be >= 4; got {self.block_length}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"simcse.pretrain.mask_prob must be in (0, 1); got {self.mask_prob}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"simcse.pretrain.dropout must be in [0, 1); got {self.dropout}")
+
+@dataclass
 class SimCSEEvalConfig:
     """``simcse.eval``: STS evaluation settings.
 
@@ -651,11 +715,23 @@ class SimCSEEvalConfig:
         batch_size: sentences per encoder call (length-sorted, each unique sentence once).
         align_uniform: also report alignment/uniformity on STS-B (Wang & Isola; SimCSE §5).
         reference_model: the SimCSE Table 5 row printed beside each run (with the run's setting).
+        ablation_tasks: the STS tasks an ablation variant is tested on after training (keys of
+            ``repro.data.sts.TASK_KEYS``). The paper's ablation tables report STS-B dev, which model
+            selection scores anyway; the pipeline's own runs are always tested on all seven tasks.
     """
 
     batch_size: int = 128
     align_uniform: bool = True
     reference_model: str = "simcse-bert-base"
+    ablation_tasks: list[str] = field(default_factory=lambda: ["sts12", "sts13", "sts14", "sts15", "sts16",
+                                                                "stsb", "sickr"])
+
+    def __post_init__(self) -> None:
+        known = ("sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr")
+        bad = [t for t in self.ablation_tasks if t not in known]
+        if bad or not self.ablation_tasks:
+            raise ValueError(f"simcse.eval.ablation_tasks {list(self.ablation_tasks)}: each must be one of {known} "
+                             "(and at least one)")
 
 @dataclass
 class TransferConfig:

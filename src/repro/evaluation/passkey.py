@@ -230,6 +230,11 @@ class PasskeyEvaluator:
         n_garbage = self.n_garbage(target)
         prompt, key = generate_passkey_prompt(n_garbage, seed)
         ids, answer_ids = passkey_target_ids(self.tokenizer, prompt, key)
+        quantum = self.config.passkey_garbage_quantum
+        while self.config.passkey_fit and len(ids) + len(answer_ids) > target and n_garbage > quantum:
+            n_garbage -= quantum  # passkey_fit: the whole prompt and its answer within the test point
+            prompt, key = generate_passkey_prompt(n_garbage, seed)
+            ids, answer_ids = passkey_target_ids(self.tokenizer, prompt, key)
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
         with torch.inference_mode(), autocast_context(device, self.config.bf16):
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),

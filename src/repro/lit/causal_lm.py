@@ -118,13 +118,17 @@ class CausalLMModule(L.LightningModule):
         # use_cache=False: a training forward must not build a KV cache (the reference sets it off too).
         return self.model(input_ids=input_ids, labels=labels, use_cache=False)
 
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of one micro-batch (next-token cross-entropy; :class:`MaskedLMModule` overrides it)."""
+        return causal_lm_loss(self.model, input_ids, labels, self.train_cfg.loss_chunk_size)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         input_ids = batch["input_ids"]  # (B, T)
         labels = batch.get("labels", input_ids)  # (B, T); HF shifts inside the loss
         if self._interval_start is None:
             self._interval_start = time.perf_counter()
             self._interval_first_step = self.global_step
-        loss = causal_lm_loss(self.model, input_ids, labels, self.train_cfg.loss_chunk_size)
+        loss = self.loss(input_ids, labels)
         if any_rank(self, not bool(torch.isfinite(loss.detach()))):
             raise DivergenceError(f"non-finite training loss {float(loss.detach())} at step {self.global_step + 1} "
                                   "(divergence guard); the last finite checkpoint is kept")
@@ -177,6 +181,36 @@ class CausalLMModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+
+class MaskedLMModule(CausalLMModule):
+    """Masked-language-model training (BERT's objective) with the same loop, logging, guards and checkpoints.
+
+    Batches are :class:`repro.data.mlm_data.MaskedBlocks` items: ``labels`` hold the original token at the
+    chosen positions and -100 elsewhere; the loss is the model's own (``BertForMaskedLM``) cross-entropy over
+    the chosen positions. The blocks are pad-free, so no attention mask is needed.
+    """
+
+    def __init__(self, model: torch.nn.Module, train_cfg: TrainConfig, config_dicts: dict[str, Any] | None = None):
+        super().__init__(model, train_cfg, config_dicts)
+        self._restored_rng: torch.Tensor | None = None
+
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, labels=labels).loss
+
+    # BERT trains with dropout: the RNG state is part of the checkpoint, so that a resumed run draws the
+    # dropout masks an uninterrupted one draws (the MLM masks come from the data, by stream position).
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["mlm_torch_rng"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored_rng = checkpoint.get("mlm_torch_rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._restored_rng is not None:  # just before the first resumed step
+            torch.set_rng_state(self._restored_rng)
+            self._restored_rng = None
 
 
 class ResumableBlockSampler(Sampler[int]):

@@ -88,6 +88,23 @@ def _apply_dropout(config: Any, dropout: float | None) -> None:
             setattr(config, key, dropout)
 
 
+TINY_ARCH_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "max_position_embeddings")
+
+
+def _pretrained_tiny(folder: Path, config: BertConfig, dtype: torch.dtype) -> nn.Module:
+    """The tiny BERT with the weights of ``folder`` (``simcse.encoder.init_from``), checked against ``config``."""
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"simcse.encoder.init_from={folder}: no pretrained tiny BERT there (no config.json); "
+                                "run the simcse_pretrain stage first")
+    saved = BertConfig.from_pretrained(folder)
+    for key in TINY_ARCH_KEYS:
+        if getattr(saved, key) != getattr(config, key):
+            raise ValueError(f"simcse.encoder.init_from={folder}: its {key} is {getattr(saved, key)}, the encoder "
+                             f"config's is {getattr(config, key)}; rerun simcse_pretrain for this architecture")
+    return BertModel.from_pretrained(folder, config=config, add_pooling_layer=False, dtype=dtype)
+
+
 def _load_backbone(cfg: EncoderConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
     dtype = _DTYPES.get(cfg.dtype)
     if dtype is None:
@@ -103,6 +120,8 @@ def _load_backbone(cfg: EncoderConfig, tokenizer: PreTrainedTokenizerBase) -> nn
             pad_token_id=tokenizer.pad_token_id,
         )
         _apply_dropout(config, cfg.dropout)
+        if cfg.init_from:  # the simcse_pretrain stage's MLM weights
+            return _pretrained_tiny(Path(cfg.init_from), config, dtype)
         # the reference builds BERT with add_pooling_layer=False; its own MLP head replaces it
         return BertModel(config, add_pooling_layer=False).to(dtype)
     path = _model_path(cfg)

@@ -90,9 +90,13 @@ def export_hf(encoder: SentenceEncoder, out_dir: str | Path) -> Path:
                 pooler.dense.bias.copy_(encoder.mlp.dense.bias)
             backbone = with_pooler.to(next(encoder.backbone.parameters()).dtype)
     backbone.config.simcse_pooler = "cls" if keep_mlp else encoder.cfg.pooler
+    # a decoder trained with bidirectional attention (LLM2Vec) must be loaded so; transformers' own classes
+    # attend causally, so the flag is recorded for the loader (repro.models.sentence_encoder builds it)
+    backbone.config.simcse_bidirectional = bool(encoder.cfg.bidirectional)
     backbone.save_pretrained(str(out))
-    if hasattr(encoder.backbone.config, "simcse_pooler"):
-        del encoder.backbone.config.simcse_pooler
+    for key in ("simcse_pooler", "simcse_bidirectional"):
+        if hasattr(encoder.backbone.config, key):
+            delattr(encoder.backbone.config, key)
     encoder.tokenizer.save_pretrained(str(out))
     return out
 
@@ -121,6 +125,9 @@ def export_sentence_transformers(
         from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
     except ImportError as err:  # a dev extra, not a core dependency
         raise ImportError("export_sentence_transformers needs sentence-transformers (pip install -e .[dev])") from err
+    if encoder.cfg.bidirectional:
+        raise ValueError("a bidirectional decoder (simcse.encoder.bidirectional, LLM2Vec) has no sentence-transformers "
+                         "equivalent: its Transformer module would attend causally; use the hf/ export or encoder.pt")
     mode = _ST_POOLING.get(encoder.cfg.pooler)
     if mode is None:
         raise ValueError(

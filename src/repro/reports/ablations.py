@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from repro.evaluation.references import get_claim, get_table, load_paper_numbers
 from repro.reporting import (
@@ -147,6 +147,9 @@ def _simcse_table(res: Sequence[VariantResult], spec: DictConfig) -> str:
     header = ["variant", "config diff", "status", "STS-B dev (best; mean ± std over seeds)",
               *(["paper row", "paper"] if table else []), *(["Δ (ours − paper)"] if delta else []),
               "STS avg", "STS-B test", "SICK-R test", "align", "uniform", "W&B"]
+    # test sets a variant is scored on: simcse.eval.ablation_tasks (STS-B alone by default, the tables' dev set's)
+    keep = [k for k, key in (("STS avg", "sts/avg"), ("SICK-R test", "sts/sickr/test"))
+            if not any(r.value(key) is not None for r in res)]
     rows = []
     for r in res:
         ours, cells = r.value(DEV), []
@@ -159,7 +162,9 @@ def _simcse_table(res: Sequence[VariantResult], spec: DictConfig) -> str:
         rows.append([r.variant, _diff_text(r.diff), r.status_text, _mean_std(r, DEV), *cells, fmt(r.value("sts/avg")),
                      fmt(r.value("sts/stsb/test")), fmt(r.value("sts/sickr/test")), fmt(r.value("stsb_test/align"), 3),
                      fmt(r.value("stsb_test/uniform"), 3), run_link(r.run_info)])
-    return md_table(header, rows)
+    drop = [header.index(k) for k in keep]
+    return md_table([h for i, h in enumerate(header) if i not in drop],
+                    [[c for i, c in enumerate(row) if i not in drop] for row in rows])
 
 
 def _figures(name: str, spec: DictConfig, res: Sequence[VariantResult], out_dir: Path) -> list[str]:
@@ -216,13 +221,18 @@ def section(cfg: DictConfig, root: Path, out_dir: Path, name: str, hw: str, cont
     ``controls`` is the run's positive controls, built once for the page (:func:`build`)."""
     spec = ablation_spec(cfg, name)
     res = collect(root, cfg, name)
+    if not res:  # a family the grid leaves out (the default grid; conf/ablations/full.yaml has every variant)
+        return ["", f"## {name}", "", f"Reproduces: {spec.get('ref', MISSING)}. **Not in this grid** (no variants"
+                " configured): the complete grid runs it, `dvc exp run -S ablations=full`."]
     n = {s: sum(r.status == s for r in res) for s in STATUSES}
     lines = ["", f"## {name}", "", f"Reproduces: {spec.get('ref', MISSING)}. Kind `{spec.kind}`. Profile"
              f" **{cfg.run.profile}** on {hw}. Variants: {n['ok']} ok, {n['failed']} failed, {n['missing']} missing"
              f" of {len(res)}.", "", _scale_note(cfg, spec.kind), ""]
     if spec.kind == "simcse":
+        tasks = list(OmegaConf.select(cfg, "simcse.eval.ablation_tasks", default=None) or [])
         lines += [_simcse_table(res, spec), "", "STS-B dev: best Spearman ×100 during training (the paper's ablation"
-                  " metric); STS avg / test: the 7-task 'all' setting; align/uniform on STS-B test."]
+                  f" metric); test sets scored after training (`simcse.eval.ablation_tasks`): {', '.join(tasks)}"
+                  " (STS avg: the 7-task 'all' setting, when all seven are scored); align/uniform on STS-B test."]
     else:
         lines += [_longlora_table(res), "", _longlora_paper_note(spec, res)]
     rows = claims(name, res, spec, controls)

@@ -100,10 +100,15 @@ class Controls:
         r = self.longlora_model
         if r is None:
             return Control(None, f"full-attention full fine-tuning: no {LONGLORA_CONTROL} ablation in the config")
+        # points within the training context whose prompts fit it (passkey_tokens: the mean prompt length)
+        def fits(p: int) -> bool:
+            tokens = r.value(f"passkey_tokens@{p}")
+            return p <= ctx_of(r) and (tokens is None or tokens <= ctx_of(r))
+
         points = sorted((int(k.split("@", 1)[1]), r.value(k)) for k in r.metrics
-                        if k.startswith("passkey@") and r.value(k) is not None and int(k.split("@", 1)[1]) <= ctx_of(r))
+                        if k.startswith("passkey@") and r.value(k) is not None and fits(int(k.split("@", 1)[1])))
         if not points:
-            return Control(None, f"{r.variant}: no passkey points recorded ({r.status_text})")
+            return Control(None, f"{r.variant}: no passkey points recorded within the context ({r.status_text})")
         worst = min(v for _, v in points)
         return Control(worst >= PASSKEY_CONTROL_MIN,
                        f"{r.variant}: passkey accuracy {fmt(worst)} at worst over {len(points)} points up to "

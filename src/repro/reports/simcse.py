@@ -74,6 +74,34 @@ def _ours(metrics: dict[str, Any], agg: str) -> list[Any]:
     return out
 
 
+POOLER_LABELS = {"avg": "mean of the last layer", "avg_first_last": "first-last avg.",
+                 "cls_before_pooler": "[CLS], no MLP", "cls": "[CLS] with a random MLP", "avg_top2": "top-2 layers avg.",
+                 "mean": "mean", "last": "last token"}
+
+
+def before_section(cfg: DictConfig, metrics_dir: Path) -> list[str]:
+    """The encoder SimCSE starts from, scored before any SimCSE training (Table 5's "BERT (first-last avg.)")."""
+    sc = cfg.simcse
+    pm = read_json(metrics_dir / "pretrained.json") or {}
+    init = pm.get("before/init")
+    what = {"mlm": f"the tiny BERT after {pm.get('pretrain/steps', MISSING)} steps of masked-language modelling on"
+                   f" the training sentences (final MLM loss {fmt(pm.get('pretrain/final_mlm_loss'))}; every SimCSE"
+                   " run starts from these weights)",
+            "random": "the tiny BERT with random weights (simcse.pretrain.steps = 0)",
+            "checkpoint": f"the released checkpoint `{sc.encoder.name_or_path or sc.encoder.package}`"}.get(init, MISSING)
+    rows = [[f"before SimCSE: {POOLER_LABELS.get(str(p), p)} (`{p}`)",
+             *_ours({k.removeprefix(f"before/{p}/"): v for k, v in pm.items() if k.startswith(f"before/{p}/")}, "all")]
+            for p in sc.pretrain.eval_poolers]
+    ref_model = str(sc.eval.reference_model).removeprefix("simcse-") + "-first-last-avg"
+    try:
+        ref = lookup("simcse", "table5_sts_main", setting="unsup", model=ref_model)
+        rows.append([f"paper Table 5: {ref['label']}", *ref["values"]])
+    except LookupError:
+        pass
+    return ["", "## The encoder before SimCSE", "", f"Scored with the runs' STS protocol: {what}.", "",
+            md_table(["", *COLUMNS], rows)]
+
+
 def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
     """The SimCSE page as Markdown (figures saved under ``out_dir/figures``)."""
     sc = cfg.simcse
@@ -87,6 +115,7 @@ def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
              "", f"Data: {sc.data.note or sc.data.source}. Where a local STS copy has ~20% of its test pairs held out,"
              " our test scores are **not comparable to published full-test numbers**; the paper's rows are shown for"
              " orientation only."]
+    lines += before_section(cfg, metrics_dir)
     avgs: dict[str, float | None] = {}
     figures = []
     for run in sc.runs:

@@ -196,6 +196,7 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
         for p in points:
             out[f"passkey@{p}"] = pk.accuracy[p]
             out[f"passkey_digits@{p}"] = pk.accuracy_digits[p]
+            out[f"passkey_tokens@{p}"] = pk.mean_tokens[p]
     if curve_rows:
         if curve_rows[-1]["step"] != train_metrics["train/steps"]:
             curve_rows.append({"step": train_metrics["train/steps"], "ppl": out[f"ppl@{target}"]})

@@ -86,6 +86,7 @@ def _passkey(model, passkey_eval, points, model_name: str, target: int, metrics:
     for row in pk.rows():
         metrics[f"{model_name}/passkey@{row['target']}"] = row["accuracy"]
         metrics[f"{model_name}/passkey_digits@{row['target']}"] = row["accuracy_digits"]
+        metrics[f"{model_name}/passkey_tokens@{row['target']}"] = row["length"]  # mean prompt length of the point
         rows.append({"model": model_name, **row, "beyond_training": row["target"] > target})
 
 

@@ -23,7 +23,7 @@ from repro.config import ConfigError
 from repro.resume import code_version, prune_stale_checkpoints, resumable_run_id
 from repro.scale import split_global_batch
 from repro.simcse_runs import run_encoder_config, run_train_config
-from repro.stages import reuse_or_cache, write_stamp
+from repro.stages import STAMP, reuse_or_cache, write_stamp
 from repro.tracking import init_run, make_run_name, record_run, write_csv, write_metrics
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,33 @@ def checkpoint_key(cfg: DictConfig, run: str, data_fp: str) -> str:
     return f"{run}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
+TINY_ARCH = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings")
+
+
+def pretrain_fingerprint(cfg: DictConfig, data_fp: str) -> str:
+    """Identity of the MLM-pretrained tiny encoder: data, architecture, ``simcse.pretrain`` and the seed.
+
+    Not the SimCSE run's dropout, pooler or training settings, so every run and ablation variant of one
+    architecture starts from the same pretrained weights (as every SimCSE run starts from one BERT).
+    """
+    from repro.fingerprint import fingerprint
+
+    enc = cfg.simcse.encoder
+    return fingerprint({"data": data_fp, "source": enc.source, "arch": {k: enc.get(k) for k in TINY_ARCH},
+                        "pretrain": OmegaConf.to_container(cfg.simcse.pretrain), "seed": cfg.get("seed")})
+
+
+def mlm_pretrained(cfg: DictConfig) -> bool:
+    """Whether the SimCSE runs start from the ``simcse_pretrain`` stage's MLM weights (a tiny encoder)."""
+    return cfg.simcse.encoder.source == "tiny" and int(cfg.simcse.pretrain.steps) > 0
+
+
 @dataclass(frozen=True)
 class Paths:
     data: Path
     data_fp: str
+    pretrained: Path
+    pretrained_fp: str
     model: Path
     ckpt: Path
     metrics: Path
@@ -61,12 +84,18 @@ class Paths:
 
         data_fp = input_fingerprint(build_simcse_data_config(OmegaConf.to_container(cfg.simcse.data)))[:12]
         data = Path(cfg.run.data_dir) / "simcse"
+        pretrained_fp = pretrain_fingerprint(cfg, data_fp)
+        pretrained = Path(cfg.run.model_dir) / "simcse" / "pretrained"
         if ctx.sweep:
             data = reuse_or_cache(data, ctx.cache_root / f"simcse-data-{data_fp}", data_fp)
+            pretrained = reuse_or_cache(pretrained, ctx.cache_root / f"simcse-pretrained-{pretrained_fp[:12]}",
+                                        pretrained_fp)
         out = ctx.out_root
         return cls(
             data=data,
             data_fp=data_fp,
+            pretrained=pretrained,
+            pretrained_fp=pretrained_fp,
             model=out / cfg.run.model_dir / "simcse" / run,
             ckpt=out / cfg.run.model_dir / "simcse-checkpoints" / (checkpoint_key(cfg, run, data_fp) if run else ""),
             metrics=out / cfg.run.metrics_dir / "simcse",
@@ -89,11 +118,139 @@ def prepare(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
     return manifest
 
 
-def _encoder_config(cfg: DictConfig, paths: Paths, run: str):
-    enc = run_encoder_config(cfg, run)
+def _encoder_config(cfg: DictConfig, paths: Paths, run: str | None):
+    """The run's encoder config (``run=None``: ``simcse.encoder`` itself) with the stage-made paths filled in."""
+    from repro.config import to_dataclass
+    from repro.schemas import EncoderConfig
+
+    enc = run_encoder_config(cfg, run) if run is not None else to_dataclass(cfg.simcse.encoder, EncoderConfig)
     if enc.source == "tiny" and not enc.tokenizer_path:
         enc.tokenizer_path = str(paths.data / "tokenizer")
+    if mlm_pretrained(cfg) and not enc.init_from:
+        enc.init_from = str(paths.pretrained)
     return enc
+
+
+def _mlm_train(cfg: DictConfig, ctx: StageContext, paths: Paths) -> dict[str, Any]:
+    """MLM-pretrain the tiny BERT into ``paths.pretrained`` (resumable); returns the training metrics."""
+    from dataclasses import asdict, replace
+
+    import torch
+    from lightning.pytorch.loggers import WandbLogger
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    from repro.config import to_dataclass
+    from repro.data.mlm_data import MaskedBlocks, pack_sentences
+    from repro.lit.causal_lm import MaskedLMModule, PackedBlocksDataModule, build_trainer, fit_resumable
+    from repro.lit.history import HistoryRecorder
+    from repro.models.sentence_encoder import build_encoder
+    from repro.schemas import SimCSEPretrainConfig, TrainConfig
+
+    pcfg = to_dataclass(cfg.simcse.pretrain, SimCSEPretrainConfig)
+    enc = replace(_encoder_config(cfg, paths, None), init_from=None, dropout=pcfg.dropout)
+    torch.manual_seed(pcfg.seed)
+    backbone = build_encoder(enc, enc.tokenizer_path).backbone  # the BertModel every SimCSE run starts from
+    tokenizer = AutoTokenizer.from_pretrained(enc.tokenizer_path)
+    model = BertForMaskedLM(backbone.config)
+    model.bert.load_state_dict(backbone.state_dict())
+    blocks = pack_sentences(_training_examples(paths, "unsup"), tokenizer, pcfg.block_length)
+    dataset = MaskedBlocks(blocks, tokenizer, length=pcfg.steps * pcfg.batch_size, seed=pcfg.seed,
+                           mask_prob=pcfg.mask_prob)
+    train_cfg = TrainConfig(context_length=pcfg.block_length, max_steps=pcfg.steps, batch_size=pcfg.batch_size,
+                            grad_accum=1, lr=pcfg.lr, warmup_steps=pcfg.warmup_steps, seed=pcfg.seed,
+                            log_every_n_steps=10, ckpt_every_n_steps=pcfg.ckpt_every_n_steps)
+    ckpt = Path(cfg.run.model_dir if not ctx.sweep else ctx.cache_root) / "simcse-checkpoints" \
+        / f"pretrain-{paths.pretrained_fp[:12]}-{code_version()[:12]}"
+    recorder = HistoryRecorder(("train/loss", "train/lr"))
+    run = init_run(cfg, PAPER, "pretrain", make_run_name(PAPER, "pretrain", cfg.run.profile, {"obj": "mlm"}), ctx.group)
+    start = time.perf_counter()
+    try:
+        module = MaskedLMModule(model, train_cfg, {"pretrain": asdict(pcfg)})
+        trainer = build_trainer(train_cfg, ckpt, loggers=[WandbLogger(experiment=run)], callbacks=[recorder],
+                                accelerator=cfg.run.accelerator)
+        resumed = fit_resumable(trainer, module, PackedBlocksDataModule(train_cfg, dataset=dataset), ckpt)
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    losses = [r["loss"] for r in recorder.rows if r.get("loss") not in (None, "")]
+    metrics = {"pretrain/steps": int(trainer.global_step), "pretrain/blocks": int(len(blocks)),
+               "pretrain/block_length": pcfg.block_length,
+               "pretrain/final_mlm_loss": float(losses[-1]) if losses else float("nan"),
+               "pretrain/first_mlm_loss": float(losses[0]) if losses else float("nan"),
+               "pretrain/wall_s": round(time.perf_counter() - start, 2), "pretrain/resumed": resumed is not None}
+    run.summary.update(metrics)
+    run.finish()
+    paths.pretrained.mkdir(parents=True, exist_ok=True)
+    model.bert.save_pretrained(paths.pretrained)
+    tokenizer.save_pretrained(paths.pretrained)
+    write_stamp(paths.pretrained, paths.pretrained_fp)
+    shutil.rmtree(ckpt, ignore_errors=True)  # finished: a rerun pretrains afresh
+    if recorder.rows:
+        write_csv(paths.plots / "pretrain_mlm.csv", [{k: r.get(k, "") for k in ("step", "loss", "lr")}
+                                                      for r in recorder.rows])
+    return metrics
+
+
+def ensure_pretrained(cfg: DictConfig, ctx: StageContext, paths: Paths, train: bool = True) -> dict[str, Any]:
+    """Make sure ``paths.pretrained`` holds this config's MLM-pretrained encoder; pretrain it when missing.
+
+    ``train=False`` (a SimCSE stage under DVC, whose ``simcse_pretrain`` stage owns the folder) raises instead.
+    """
+    if not mlm_pretrained(cfg):
+        return {"pretrain/steps": 0}
+    from repro.stages import is_stamped
+
+    if is_stamped(paths.pretrained) and (paths.pretrained / STAMP).read_text().strip() == paths.pretrained_fp:
+        return {"pretrain/reused": True}
+    if not train:
+        raise FileNotFoundError(f"{paths.pretrained} holds no MLM-pretrained encoder for this config "
+                                "(simcse.pretrain, the encoder's architecture, the data); run the simcse_pretrain stage")
+    return _mlm_train(cfg, ctx, paths)
+
+
+def pretrain(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
+    """The ``simcse_pretrain`` stage: MLM-pretrain a tiny encoder, then score the encoder before SimCSE.
+
+    A package / hub checkpoint is not trained (it is pretrained already); ``models/simcse/pretrained/``
+    then holds only its stamp. The encoder SimCSE starts from is scored on the STS sets with each pooler of
+    ``simcse.pretrain.eval_poolers`` (SimCSE Table 5's "BERT (first-last avg.)" rows), keys
+    ``before/<pooler>/sts/...`` in ``metrics/simcse/pretrained.json``.
+    """
+    import json
+    from dataclasses import replace
+
+    import torch
+
+    from repro.evaluation.sts import STSEvaluator
+    from repro.models.sentence_encoder import build_encoder
+
+    paths = Paths.of(cfg, ctx)
+    if paths.pretrained.exists() and not (paths.pretrained / STAMP).is_file():
+        shutil.rmtree(paths.pretrained)  # a folder left by a killed run
+    metrics = ensure_pretrained(cfg, ctx, paths)
+    paths.pretrained.mkdir(parents=True, exist_ok=True)
+    write_stamp(paths.pretrained, paths.pretrained_fp)
+    manifest = json.loads((paths.data / "manifest.json").read_text())
+    evaluator = STSEvaluator.from_dir(paths.data / "sts", layout="tsv", batch_size=cfg.simcse.eval.batch_size,
+                                      note=manifest.get("note", ""))
+    base = _encoder_config(cfg, paths, None)
+    start = time.perf_counter()
+    for pooler in cfg.simcse.pretrain.eval_poolers:
+        torch.manual_seed(0)  # a CLS pooler's MLP head is random; cls_before_pooler and averages have none
+        encoder = build_encoder(replace(base, pooler=str(pooler), mlp_only_train=True), base.tokenizer_path).eval()
+        with torch.inference_mode():
+            result = evaluator.evaluate(lambda s, e=encoder: e.encode(s, batch_size=cfg.simcse.eval.batch_size))
+        metrics.update({f"before/{pooler}/sts/{k}": v for k, v in result.metrics.items()})
+    metrics["before/seconds"] = round(time.perf_counter() - start, 2)
+    metrics["before/init"] = "mlm" if mlm_pretrained(cfg) else ("random" if base.source == "tiny" else "checkpoint")
+    wandb_run = init_run(cfg, PAPER, "before", make_run_name(PAPER, "before", cfg.run.profile, {}), ctx.group)
+    try:
+        wandb_run.summary.update(metrics)
+        record_run(wandb_run, paths.metrics / "runs" / "pretrained.json")
+    finally:
+        wandb_run.finish()
+    write_metrics(paths.metrics / "pretrained.json", metrics)
+    return metrics
 
 
 def _training_examples(paths: Paths, mode: str) -> list:
@@ -158,6 +315,7 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     world = int(cfg.run.devices) * int(cfg.run.num_nodes)
     split_global_batch(train_cfg.batch_size, world, key=f"simcse.train.batch_size (run {run})")  # fail early
     L.seed_everything(train_cfg.seed, verbose=False)
+    ensure_pretrained(cfg, ctx, paths, train=ctx.sweep)  # a sweep job pretrains into its cache when needed
     encoder = build_encoder(enc_cfg, enc_cfg.tokenizer_path)
     examples = _training_examples(paths, train_cfg.mode)
     dev_eval = _dev_eval(paths, cfg.simcse.eval.batch_size, cfg.simcse.eval.align_uniform, train_cfg.eval_avg_sts)
@@ -244,12 +402,14 @@ def train(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
 
 def load_trained_encoder(cfg: DictConfig, ctx: StageContext, run: str):
     """Rebuild the encoder of a finished run (the best dev checkpoint's weights)."""
+    from dataclasses import replace
+
     import torch
 
     from repro.models.sentence_encoder import build_encoder
 
     paths = Paths.of(cfg, ctx, run)
-    enc_cfg = _encoder_config(cfg, paths, run)
+    enc_cfg = replace(_encoder_config(cfg, paths, run), init_from=None)  # every weight comes from encoder.pt
     encoder = build_encoder(enc_cfg, enc_cfg.tokenizer_path)
     weights = paths.model / "encoder.pt"
     if not weights.is_file():
@@ -258,8 +418,12 @@ def load_trained_encoder(cfg: DictConfig, ctx: StageContext, run: str):
     return encoder.eval()
 
 
-def evaluate(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
-    """STS12–16 ('all', 'mean', 'wmean'), STS-B and SICK-R test Spearman ×100, plus alignment/uniformity."""
+def evaluate(cfg: DictConfig, ctx: StageContext, run: str, tasks: list[str] | None = None) -> dict[str, Any]:
+    """STS12–16 ('all', 'mean', 'wmean'), STS-B and SICK-R test Spearman ×100, plus alignment/uniformity.
+
+    ``tasks`` restricts the test sets (an ablation variant: ``simcse.eval.ablation_tasks``); STS-B is always
+    loaded, for alignment and uniformity.
+    """
     import json
 
     import torch
@@ -271,8 +435,9 @@ def evaluate(cfg: DictConfig, ctx: StageContext, run: str) -> dict[str, Any]:
     train_cfg = run_train_config(cfg, run)
     encoder = load_trained_encoder(cfg, ctx, run)
     manifest = json.loads((paths.data / "manifest.json").read_text())
+    chosen = {"tasks": sorted({*tasks, "stsb"})} if tasks is not None else {}
     evaluator = STSEvaluator.from_dir(paths.data / "sts", layout="tsv", batch_size=cfg.simcse.eval.batch_size,
-                                      note=manifest.get("note", ""))
+                                      note=manifest.get("note", ""), **chosen)
     start = time.perf_counter()
     with torch.inference_mode():
         encode = lambda s: encoder.encode(s, batch_size=cfg.simcse.eval.batch_size)  # noqa: E731
@@ -350,5 +515,6 @@ def run_seeds(cfg: DictConfig, ctx: StageContext, run: str, seeds: list[int]) ->
     for seed in seeds:
         scfg = OmegaConf.merge(cfg, {"seed": int(seed), "simcse": {"train": {"seed": int(seed)}}})
         sctx = replace(ctx, out_root=ctx.out_root / f"seed{seed}")
-        per_seed.append({**train(scfg, sctx, run), **evaluate(scfg, sctx, run)})
+        per_seed.append({**train(scfg, sctx, run),
+                         **evaluate(scfg, sctx, run, tasks=list(cfg.simcse.eval.ablation_tasks))})
     return aggregate_seeds(per_seed, seeds)
