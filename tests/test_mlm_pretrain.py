@@ -130,3 +130,21 @@ def test_pretrain_config_names_bad_keys():
         SimCSEPretrainConfig(mask_prob=1.5)
     with pytest.raises(ValueError, match="simcse.pretrain.batch_size"):
         SimCSEPretrainConfig(batch_size=0)
+
+
+def test_every_seed_and_variant_of_one_architecture_shares_the_pretrained_encoder():
+    """The ablations' per-seed configs (root seed, simcse.train.seed, dropout) reuse the pipeline's MLM weights."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from repro.workflows.simcse import pretrain_fingerprint
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "params.yaml")
+    base = pretrain_fingerprint(cfg, "data")
+    seeded = OmegaConf.merge(cfg, {"seed": 43, "simcse": {"train": {"seed": 43}, "encoder": {"dropout": 0.0}}})
+    assert pretrain_fingerprint(seeded, "data") == base
+    for diff in ({"simcse": {"pretrain": {"steps": 7}}}, {"simcse": {"encoder": {"hidden_size": 32}}},
+                 {"simcse": {"pretrain": {"seed": 1}}}):
+        assert pretrain_fingerprint(OmegaConf.merge(cfg, diff), "data") != base, diff
+    assert pretrain_fingerprint(cfg, "other data") != base

@@ -50,16 +50,16 @@ TINY_ARCH = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max
 
 
 def pretrain_fingerprint(cfg: DictConfig, data_fp: str) -> str:
-    """Identity of the MLM-pretrained tiny encoder: data, architecture, ``simcse.pretrain`` and the seed.
+    """Identity of the MLM-pretrained tiny encoder: data, architecture and ``simcse.pretrain`` (its own seed).
 
-    Not the SimCSE run's dropout, pooler or training settings, so every run and ablation variant of one
-    architecture starts from the same pretrained weights (as every SimCSE run starts from one BERT).
+    Not the SimCSE run's seed, dropout, pooler or training settings, so every run, seed and ablation variant
+    of one architecture starts from the same pretrained weights (as every SimCSE run starts from one BERT).
     """
     from repro.fingerprint import fingerprint
 
     enc = cfg.simcse.encoder
     return fingerprint({"data": data_fp, "source": enc.source, "arch": {k: enc.get(k) for k in TINY_ARCH},
-                        "pretrain": OmegaConf.to_container(cfg.simcse.pretrain), "seed": cfg.get("seed")})
+                        "pretrain": OmegaConf.to_container(cfg.simcse.pretrain)})
 
 
 def mlm_pretrained(cfg: DictConfig) -> bool:
