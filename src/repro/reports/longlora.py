@@ -78,9 +78,11 @@ def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
         f" evaluate {run_link(read_json(metrics_dir / 'runs' / 'evaluate.json'))}.",
     ]
     if cfg.run.profile == "tiny":
-        lines += ["", "> Tiny profile: a ~100k-parameter Llama trained from scratch on a synthetic corpus with long-range "
-                  "recall, standing in for Llama-2-7B on RedPajama/PG19. The paper's perplexities are not comparable in "
-                  "value; only the orderings (claims below) are tested."]
+        corpus = ("a synthetic corpus with long-range recall" if ll.data.train.kind == "synthetic" else
+                  f"real text (`{ll.data.train.get('path') or ll.data.train.kind}`; held-out books and LaTeX below)")
+        lines += ["", f"> Tiny profile: a ~100k-parameter Llama trained from scratch on {corpus}, standing in for "
+                  "Llama-2-7B on RedPajama/PG19. The paper's perplexities are not comparable in value; only the orderings "
+                  "(claims below) are tested."]
     ppl_md, by_set = _ppl_tables(ppl_rows, "ppl")
     newest_md, _ = _ppl_tables(ppl_rows, "ppl_newest")
     _, s2_by_set = _ppl_tables(ppl_rows, "ppl", attention="s2")
@@ -113,7 +115,11 @@ def build(cfg: DictConfig, root: Path, out_dir: Path) -> str:
               f" as trained (PI factor {pi_factor(target, original)}); points beyond it use the PI-only extension to"
               f" {fmt(extension)} tokens (factor {pi_factor(int(extension), original) if extension else MISSING}), a"
               " curve of its own. Digit-match accuracy (the decoded digits equal the key) is in"
-              " `plots/longlora/passkey.csv`.", "",
+              " `plots/longlora/passkey.csv`."
+              + (f" Filler shrunk {ll.eval.passkey_garbage_quantum} characters at a time until prompt and answer fit"
+                 " the point (`passkey_fit`; the reference sizes it by characters alone, ignoring the ~100 tokens of"
+                 " fixed text); a point shorter than that fixed text keeps the smallest filler and is longer than its"
+                 " label." if ll.eval.get("passkey_fit") else ""), "",
               md_table(["model", *map(str, lengths)], [[MODEL_LABELS.get(m, m), *[v.get(n) for n in lengths]]
                                                        for m, v in sorted(acc.items())]) if acc else MISSING]
     if acc:

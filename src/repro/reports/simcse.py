@@ -40,25 +40,35 @@ def transfer_section(cfg: DictConfig, metrics_dir: Path) -> list[str]:
     sc = cfg.simcse
     capped = sc.transfer.max_examples
     lines = ["", "## Transfer tasks (SentEval, logistic regression on frozen embeddings)", "",
-             "Accuracy ×100; MR/CR/SUBJ/MPQA by 10-fold cross-validation, SST-2/TREC/MRPC on their given splits"
+             f"Accuracy ×100; MR/CR/SUBJ/MPQA by {sc.transfer.kfold}-fold cross-validation, SST-2/TREC/MRPC on their"
+             " given splits"
              f" (C chosen by {sc.transfer.inner_kfold}-fold inner CV, on dev for SST-2)."
              + (f" **At most {capped} examples per split at this profile: not SentEval's numbers.**" if capped else "")
              + (" **The tasks are synthetic stand-ins in SentEval's file layout** (`repro.data.transfer_synthetic`:"
                 " labels from the synthetic grammar's concepts), so the paper's row is shown for the layout only."
                 if str(sc.transfer.data_dir) == "synthetic" else "")]
+    tasks = [t for t in TRANSFER[:-1] if t in set(sc.transfer.tasks)]  # the tasks that ran, in Table 2's order
+    columns = [*tasks, "avg"]
+    partial = len(tasks) < len(TRANSFER) - 1
     rows = []
     for run in sc.runs:
         mode = run_train_config(cfg, run).mode
         tm = read_json(metrics_dir / f"transfer_{run}.json") or {}
-        rows.append([f"ours `{run}`", *[tm.get(f"transfer/{t}") for t in TRANSFER]])
+        rows.append([f"ours `{run}`", *[tm.get(f"transfer/{t}") for t in columns]])
         try:
             ref = lookup("simcse", "tableE1_transfer", setting=mode, model=sc.eval.reference_model, mlm=False)
-            rows.append([f"paper Table E.1: {mode}-{sc.eval.reference_model}", *ref["values"]])
+            paper = dict(zip(TRANSFER, ref["values"], strict=False))
+            if partial:  # the paper's average over the same tasks, not over its seven
+                paper["avg"] = sum(paper[t] for t in tasks) / len(tasks)
+            rows.append([f"paper Table E.1: {mode}-{sc.eval.reference_model}", *[paper.get(t) for t in columns]])
         except (LookupError, KeyError):
-            rows.append([f"paper Table E.1 ({mode}): {MISSING}", *[None] * len(TRANSFER)])
-    mrpc = {run: (read_json(metrics_dir / f"transfer_{run}.json") or {}).get("transfer/MRPC_f1") for run in sc.runs}
-    lines += ["", md_table(["", *TRANSFER], rows), "",
-              "MRPC F1: " + ", ".join(f"`{r}` {fmt(v)}" for r, v in mrpc.items()) + "."]
+            rows.append([f"paper Table E.1 ({mode}): {MISSING}", *[None] * len(columns)])
+    lines += ["", md_table(["", *columns], rows)]
+    if partial:
+        lines += ["", f"avg: the mean over these {len(tasks)} tasks, for ours and for the paper's row alike."]
+    if "MRPC" in tasks:
+        mrpc = {run: (read_json(metrics_dir / f"transfer_{run}.json") or {}).get("transfer/MRPC_f1") for run in sc.runs}
+        lines += ["", "MRPC F1: " + ", ".join(f"`{r}` {fmt(v)}" for r, v in mrpc.items()) + "."]
     return lines
 
 
