@@ -15,7 +15,6 @@ from repro.data.tokenizer import build_tokenizer
 from repro.schemas import TokenizerConfig
 from repro.stages import write_stamp
 from repro.workflows import longlora
-from repro.workflows.ablations import variant_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +24,10 @@ def root_cfg(tmp_path):
     cfg = OmegaConf.load(REPO_ROOT / "params.yaml")
     cfg.run.data_dir, cfg.run.model_dir = str(tmp_path / "data"), str(tmp_path / "models")
     return validate(cfg)
+
+
+# the context ablation's 256-token variant, as the complete grid (conf/ablations/full.yaml) defines it
+CTX256 = OmegaConf.load(REPO_ROOT / "conf" / "ablations" / "full.yaml").longlora_context.variants.ctx256
 
 
 def _ctx(tmp_path, sweep: bool) -> StageContext:
@@ -38,7 +41,7 @@ def _with(cfg, diff):
 
 def test_base_identity_ignores_the_fine_tuning_context_and_schedule(root_cfg, tmp_path):
     main = longlora.Paths.of(root_cfg, _ctx(tmp_path, False))
-    ctx256 = longlora.Paths.of(variant_config(root_cfg, "longlora_context", "ctx256"), _ctx(tmp_path, True))
+    ctx256 = longlora.Paths.of(_with(root_cfg, CTX256), _ctx(tmp_path, True))
     assert ctx256.data_fp != main.data_fp  # its training blocks are 256 tokens long ...
     assert ctx256.base_fp == main.base_fp  # ... its base is the pipeline's
     for diff in ({"longlora": {"train": {"max_steps": 7, "lr": 1.0}}}, {"longlora": {"adapter": {"mode": "full"}}}):
@@ -53,7 +56,7 @@ def test_base_identity_ignores_the_fine_tuning_context_and_schedule(root_cfg, tm
 
 def test_a_context_variant_reuses_the_pipeline_base_and_checks_its_vocabulary(root_cfg, tmp_path):
     main = longlora.Paths.of(root_cfg, _ctx(tmp_path, False))
-    vcfg = variant_config(root_cfg, "longlora_context", "ctx256")
+    vcfg = _with(root_cfg, CTX256)
     vctx = _ctx(tmp_path, True)
     variant = longlora.Paths.of(vcfg, vctx)
     assert variant.base != main.base  # no stamp yet: its own cache folder

@@ -30,6 +30,8 @@ def main(out: Path, assets: Path, run: str, devices: int) -> None:
 
     os.chdir(out)
     raw = OmegaConf.load(REPO / "params.yaml")
+    # the small synthetic sentence set (sentence_data=synthetic): the DDP split, not the data, is under test
+    raw.simcse.data = OmegaConf.load(REPO / "conf" / "sentence_data" / "synthetic.yaml")
     tok_dir = assets / "data" / "simcse" / "tokenizer"
     bert_dir = assets / "bert-with-pooler"
     overrides = {
