@@ -45,11 +45,21 @@ def llama_trainable(m, adapter, vocab: int, tied: bool) -> tuple[int, int]:
     return base + lora, lora + (extra if adapter.mode == "lora_plus" else 0)
 
 
-def bert_trainable(shape: dict[str, int]) -> int:
+def bert_trainable(shape: dict[str, int], mlp: bool = True) -> int:
     h, inter, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
     emb = (shape["vocab_size"] + shape["max_position_embeddings"] + shape["type_vocab_size"]) * h + 2 * h
     layer = 4 * (h * h + h) + 2 * h * inter + inter + h + 4 * h
-    return emb + layers * layer + h * h + h
+    return emb + layers * layer + (h * h + h if mlp else 0)
+
+
+# SmolLM2-135M's published config (hidden 576, 30 layers, 9 heads of 64, 3 key/value heads, MLP 1536,
+# vocabulary 49,152, tied embeddings): the decoder as an encoder is its base model (no LM head)
+SMOLLM2 = dict(h=576, layers=30, heads=9, kv=3, inter=1536, vocab=49152)
+
+
+def smollm2_base_params() -> int:
+    h, layers, kv_out, inter = SMOLLM2["h"], SMOLLM2["layers"], SMOLLM2["kv"] * 64, SMOLLM2["inter"]
+    return SMOLLM2["vocab"] * h + layers * (2 * h * h + 2 * h * kv_out + 3 * h * inter + 2 * h) + h
 
 
 def _cases():
@@ -81,13 +91,11 @@ def _check_longlora(cfg, seen: set) -> None:
 
 def _check_simcse(cfg, run: str) -> None:
     enc = cfg.simcse.encoder
-    if enc.get("gguf_file"):
-        # Known gap: the dry run reads a package encoder's config.json, which a GGUF package (SmolLM2, the
-        # real_cpu profile's encoder) does not have; real_cpu's SimCSE runs through tools/real_cpu.py.
-        with pytest.raises(FileNotFoundError, match="config.json"):
-            simcse_plan(cfg, run)
-        return
     plan = simcse_plan(cfg, run)
+    mlp = enc.pooler == "cls"  # SentenceEncoder builds its MLP head for the CLS pooler only
+    if enc.get("gguf_file"):  # SmolLM2 as an LLM2Vec-style encoder (the real_cpu profile)
+        assert plan.trainable_params == smollm2_base_params() + (576 * 576 + 576 if mlp else 0), run
+        return
     if enc.source == "hub":
         shape = HUB_ENCODERS[enc.name_or_path]
     elif enc.source == "package":  # all-MiniLM-L6-v2's published config
@@ -97,7 +105,7 @@ def _check_simcse(cfg, run: str) -> None:
         shape = dict(vocab_size=int(cfg.simcse.data.vocab_size), hidden_size=enc.hidden_size,
                      num_hidden_layers=enc.num_layers, intermediate_size=enc.intermediate_size,
                      max_position_embeddings=enc.max_position_embeddings, type_vocab_size=2)
-    assert plan.trainable_params == bert_trainable(shape), (enc.source, run)
+    assert plan.trainable_params == bert_trainable(shape, mlp), (enc.source, run)
     world = int(cfg.run.devices) * int(cfg.run.num_nodes)
     assert plan.per_device_batch * world == plan.tokens_per_step // ((3 if plan.stage.endswith("sup") and
                                                                       "unsup" not in plan.stage else 2)

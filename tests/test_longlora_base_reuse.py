@@ -23,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def root_cfg(tmp_path):
     cfg = OmegaConf.load(REPO_ROOT / "params.yaml")
     cfg.run.data_dir, cfg.run.model_dir = str(tmp_path / "data"), str(tmp_path / "models")
+    cfg.run.metrics_dir = str(tmp_path / "metrics")
     return validate(cfg)
 
 
@@ -70,3 +71,51 @@ def test_a_context_variant_reuses_the_pipeline_base_and_checks_its_vocabulary(ro
     build_tokenizer(TokenizerConfig(vocab_size=280), docs).save_pretrained(variant.data / "tokenizer")
     with pytest.raises(ValueError, match="another vocabulary"):
         longlora.build_base(vcfg, vctx)
+
+
+def _default_variant(root_cfg, ablation: str, variant: str):
+    from repro.workflows.ablations import variant_config
+
+    return variant_config(root_cfg, ablation, variant)
+
+
+def test_a_variant_whose_run_is_the_pipelines_evaluates_the_pipelines_model(tmp_path):
+    """S2 (attention ablation) and LoRA+ (LoRA ablation) are the pipeline's own run: same run fingerprint, and
+    ``shared_finetuned`` hands them ``models/longlora/finetuned`` once ``longlora_train`` stamped it; any other
+    variant, a stale stamp or missing train metrics leave them to train."""
+    import json
+    import os
+
+    from repro.workflows.ablations import shared_finetuned
+
+    # the pipeline's layout: run.*_dir relative to the working directory (here: folders under tmp_path)
+    cfg = OmegaConf.load(REPO_ROOT / "params.yaml")
+    cfg.run.model_dir, cfg.run.metrics_dir = (os.path.relpath(tmp_path / d) for d in ("models", "metrics"))
+    root_cfg = validate(cfg)
+    main = longlora.Paths.of(root_cfg, StageContext(out_root=Path("."), cache_root=tmp_path / "cache", group="g",
+                                                          sweep=False))
+    same = [("longlora_attention", "s2_heads"), ("longlora_lora", "lora_plus")]
+    other = [("longlora_attention", "full"), ("longlora_attention", "short"), ("longlora_lora", "lora_r8"),
+             ("longlora_lora", "full_ft"), ("longlora_control", "full_attn_full_ft")]
+    vctx = StageContext(out_root=tmp_path / "variant", cache_root=tmp_path / "cache", group="g", sweep=True)
+    paths = {key: longlora.Paths.of(_default_variant(root_cfg, *key), vctx) for key in same + other}
+    for key in same:
+        assert paths[key].run_fp == main.run_fp, key
+        assert shared_finetuned(root_cfg, paths[key]) is None, key  # nothing trained yet
+    for key in other:
+        assert paths[key].run_fp != main.run_fp, key
+
+    (main.finetuned / "merged").mkdir(parents=True)
+    (main.finetuned / "merged" / "config.json").write_text("{}")
+    write_stamp(main.finetuned, main.run_fp)
+    assert shared_finetuned(root_cfg, paths[same[0]]) is None  # no train metrics beside it
+    (Path(root_cfg.run.metrics_dir) / "longlora").mkdir(parents=True)
+    (Path(root_cfg.run.metrics_dir) / "longlora" / "train.json").write_text(json.dumps({"train/steps": 1}))
+    for key in same:
+        assert shared_finetuned(root_cfg, paths[key]).resolve() == main.finetuned.resolve(), key
+    for key in other:
+        assert shared_finetuned(root_cfg, paths[key]) is None, key
+    assert shared_finetuned(root_cfg, main) is None  # the pipeline's run itself is never "shared"
+    assert main.finetuned.resolve() == (tmp_path / "models" / "longlora" / "finetuned").resolve()
+    write_stamp(main.finetuned, "0" * 16)  # built by another config or code version
+    assert shared_finetuned(root_cfg, paths[same[0]]) is None

@@ -184,11 +184,23 @@ def simcse_plan(cfg: DictConfig, run: str) -> Plan:
     sc = cfg.simcse
     train = run_train_config(cfg, run)  # simcse.train with the run's diff (as the train stage merges it)
     enc = run_encoder_config(cfg, run)  # simcse.encoder with the run's `encoder:` overrides
-    shape = _encoder_config(enc, sc.data)
-    with torch.device("meta"):
-        model = BertModel(BertConfig(**shape), add_pooling_layer=False)
-        mlp = torch.nn.Linear(shape["hidden_size"], shape["hidden_size"])
-    total = sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in mlp.parameters())
+    if enc.gguf_file:  # a decoder as encoder (LLM2Vec-style SmolLM2): the GGUF file holds its shape
+        from transformers import AutoModel
+
+        from repro.models.longlora import gguf_folder
+
+        config = copy.deepcopy(_gguf_config(str(gguf_folder(enc.package) / (enc.subfolder or "")), enc.gguf_file))
+        shape = {"hidden_size": int(config.hidden_size), "num_hidden_layers": int(config.num_hidden_layers)}
+        with torch.device("meta"):
+            model = AutoModel.from_config(config)  # the base model, no LM head (as the train stage loads it)
+    else:
+        shape = _encoder_config(enc, sc.data)
+        with torch.device("meta"):
+            model = BertModel(BertConfig(**shape), add_pooling_layer=False)
+    mlp_params = 0
+    if str(enc.pooler) == "cls":  # the MLP head exists for the CLS pooler only (SentenceEncoder)
+        mlp_params = shape["hidden_size"] * shape["hidden_size"] + shape["hidden_size"]
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()) + mlp_params
     global_batch = int(train.batch_size)  # global, as the paper states it
     split = split_global_batch(global_batch, _world(cfg), key=f"simcse.runs.{run}.batch_size")
     sentences = 3 if train.mode == "sup" else 2

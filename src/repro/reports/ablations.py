@@ -80,7 +80,10 @@ def _longlora_table(res: Sequence[VariantResult]) -> str:
     rows = []
     for r in res:
         c, tp = ctx_of(r), r.value("train/trainable_params")
-        rows.append([r.variant, _diff_text(r.diff), r.status_text, c, *[fmt(r.value(f"ppl@{n}")) for n in lengths],
+        diff = _diff_text(r.diff)
+        if r.status == "ok" and r.metrics.get("shared_with"):  # the pipeline's own run, evaluated again here
+            diff += f" (trained once, by `{r.metrics['shared_with']}`)"
+        rows.append([r.variant, diff, r.status_text, c, *[fmt(r.value(f"ppl@{n}")) for n in lengths],
                      *([fmt(r.value(f"ppl_own@{c}"))] if own else []), fmt(r.value(f"passkey@{c}")),
                      fmt(int(tp)) if tp is not None else MISSING, fmt(r.value("train/tokens_per_s"), 0),
                      fmt(r.value("train/peak_mem_mb"), 0), fmt(r.value("train/final_loss"), 3), run_link(r.run_info)])

@@ -9,6 +9,7 @@ shows failed and missing variants, it never drops them).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import replace
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import ConfigError, validate
+from repro.stages import STAMP
 from repro.tracking import write_csv, write_metrics
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,25 @@ def eval_set_for(spec: DictConfig, data: DictConfig) -> str:
     return str(roles[role])
 
 
+def shared_finetuned(cfg: DictConfig, paths) -> Path | None:
+    """The pipeline's fine-tuned model (``models/longlora/finetuned``) when it is this variant's run, else ``None``.
+
+    It is when the ``longlora_train`` stage stamped it with the variant's run fingerprint (base model,
+    attention, adapter, train config, seed, code version, world size) and its metrics are there; a variant
+    whose diff leaves the run alone (S2 in the attention ablation, LoRA+ in the LoRA ablation) then costs an
+    evaluation, not a second identical training. ``dvc.yaml`` lists that model and its metrics as the
+    variants' deps, so the stage order is fixed.
+    """
+    folder = Path(cfg.run.model_dir) / "longlora" / "finetuned"
+    stamp = folder / STAMP
+    metrics = Path(cfg.run.metrics_dir) / "longlora" / "train.json"
+    if folder.resolve() == paths.finetuned.resolve() or not stamp.is_file() or not metrics.is_file():
+        return None
+    if stamp.read_text().strip() != paths.run_fp or not (folder / "merged" / "config.json").is_file():
+        return None
+    return folder
+
+
 def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: str, curve: Path,
               run_info: Path) -> dict[str, Any]:
     import numpy as np
@@ -174,11 +195,22 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
         del base
         callback = PeriodicPerplexity(int(spec.eval_every_n_steps), ppl_eval, tokens, target, curve_rows)
         train_metrics = longlora.train(cfg, ctx, extra_callbacks=[callback])
+        finetuned, train_info = paths.finetuned, paths.metrics / "runs" / "train.json"
+    elif (shared := shared_finetuned(cfg, paths)) is not None:
+        # The variant's run is the pipeline's own (same base, attention, adapter, train config, seed, code and
+        # world size; its diff leaves them alone): evaluate that model instead of training it a second time.
+        train_metrics = json.loads((Path(cfg.run.metrics_dir) / "longlora" / "train.json").read_text())
+        finetuned, train_info = shared, Path(cfg.run.metrics_dir) / "longlora" / "runs" / "train.json"
+        paths.finetuned.mkdir(parents=True, exist_ok=True)
+        (paths.finetuned / "SHARED.json").write_text(json.dumps(
+            {"finetuned": str(shared), "run_fingerprint": paths.run_fp}, indent=2) + "\n")
+        out["shared_with"] = "longlora_train"
     else:
         train_metrics = longlora.train(cfg, ctx)
+        finetuned, train_info = paths.finetuned, paths.metrics / "runs" / "train.json"
     out.update({k: train_metrics[k] for k in ("train/final_loss", "train/tokens_per_s", "train/trainable_params",
                                               "train/peak_mem_mb", "train/steps", "train/wall_s")})
-    model = AutoModelForCausalLM.from_pretrained(paths.finetuned / "merged", attn_implementation="sdpa",
+    model = AutoModelForCausalLM.from_pretrained(finetuned / "merged", attn_implementation="sdpa",
                                                  dtype=getattr(torch, ll.model.dtype)).to(device).eval()
     for n in lengths:
         out[f"ppl@{n}"] = ppl_eval.evaluate(model, tokens, n).ppl  # full attention at test time
@@ -201,7 +233,7 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
         if curve_rows[-1]["step"] != train_metrics["train/steps"]:
             curve_rows.append({"step": train_metrics["train/steps"], "ppl": out[f"ppl@{target}"]})
         write_csv(curve, curve_rows)
-    _copy(paths.metrics / "runs" / "train.json", run_info)
+    _copy(train_info, run_info)
     return out
 
 

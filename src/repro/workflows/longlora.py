@@ -75,6 +75,7 @@ class Paths:
     base: Path
     data_fp: str
     base_fp: str
+    run_fp: str
     finetuned: Path
     base_ckpt: Path
     ckpt: Path
@@ -102,6 +103,7 @@ class Paths:
             base=base,
             data_fp=data_fp,
             base_fp=base_fp,
+            run_fp=run_fp,
             finetuned=out / cfg.run.model_dir / "longlora" / "finetuned",
             base_ckpt=Path(cfg.run.model_dir if not ctx.sweep else ctx.cache_root) / "longlora-checkpoints"
             / f"base-{_fingerprint(base_fp, code_version())}",
@@ -338,6 +340,7 @@ def train(cfg: DictConfig, ctx: StageContext, extra_callbacks: list | None = Non
     # Checkpoints exist to survive a failure; once the outputs are saved they go, so that a rerun
     # (e.g. after a code change) trains afresh instead of resuming a finished run.
     shutil.rmtree(paths.ckpt, ignore_errors=True)
+    write_stamp(paths.finetuned, paths.run_fp)  # what built it: an ablation variant of the same run reuses it
     write_metrics(paths.metrics / "train.json", metrics)
     if rows:
         write_csv(paths.plots / "train_loss.csv", [{"step": r["step"], "loss": r.get("loss", float("nan")),

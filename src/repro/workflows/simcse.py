@@ -227,9 +227,10 @@ def pretrain(cfg: DictConfig, ctx: StageContext) -> dict[str, Any]:
     paths = Paths.of(cfg, ctx)
     if paths.pretrained.exists() and not (paths.pretrained / STAMP).is_file():
         shutil.rmtree(paths.pretrained)  # a folder left by a killed run
-    metrics = ensure_pretrained(cfg, ctx, paths)
-    paths.pretrained.mkdir(parents=True, exist_ok=True)
-    write_stamp(paths.pretrained, paths.pretrained_fp)
+    metrics = ensure_pretrained(cfg, ctx, paths)  # stamps the folder when it pretrains
+    if not mlm_pretrained(cfg):  # a checkpoint needs no pretraining: the folder holds only its stamp
+        paths.pretrained.mkdir(parents=True, exist_ok=True)
+        write_stamp(paths.pretrained, paths.pretrained_fp)
     manifest = json.loads((paths.data / "manifest.json").read_text())
     evaluator = STSEvaluator.from_dir(paths.data / "sts", layout="tsv", batch_size=cfg.simcse.eval.batch_size,
                                       note=manifest.get("note", ""))
