@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -53,13 +54,9 @@ def bert_trainable(shape: dict[str, int], mlp: bool = True) -> int:
 
 
 # SmolLM2-135M's published config (hidden 576, 30 layers, 9 heads of 64, 3 key/value heads, MLP 1536,
-# vocabulary 49,152, tied embeddings): the decoder as an encoder is its base model (no LM head)
-SMOLLM2 = dict(h=576, layers=30, heads=9, kv=3, inter=1536, vocab=49152)
-
-
-def smollm2_base_params() -> int:
-    h, layers, kv_out, inter = SMOLLM2["h"], SMOLLM2["layers"], SMOLLM2["kv"] * 64, SMOLLM2["inter"]
-    return SMOLLM2["vocab"] * h + layers * (2 * h * h + 2 * h * kv_out + 3 * h * inter + 2 * h) + h
+# vocabulary 49,152, tied embeddings): the decoder as an encoder is its base model, every weight trained
+SMOLLM2 = SimpleNamespace(hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, intermediate_size=1536)
+FULL = SimpleNamespace(mode="full", r=0, target_modules=(), trainable_extra=())
 
 
 def _cases():
@@ -94,7 +91,8 @@ def _check_simcse(cfg, run: str) -> None:
     plan = simcse_plan(cfg, run)
     mlp = enc.pooler == "cls"  # SentenceEncoder builds its MLP head for the CLS pooler only
     if enc.get("gguf_file"):  # SmolLM2 as an LLM2Vec-style encoder (the real_cpu profile)
-        assert plan.trainable_params == smollm2_base_params() + (576 * 576 + 576 if mlp else 0), run
+        h = SMOLLM2.hidden_size
+        assert plan.trainable_params == llama_trainable(SMOLLM2, FULL, 49152, True)[0] + (h * h + h if mlp else 0), run
         return
     if enc.source == "hub":
         shape = HUB_ENCODERS[enc.name_or_path]

@@ -73,12 +73,6 @@ def test_a_context_variant_reuses_the_pipeline_base_and_checks_its_vocabulary(ro
         longlora.build_base(vcfg, vctx)
 
 
-def _default_variant(root_cfg, ablation: str, variant: str):
-    from repro.workflows.ablations import variant_config
-
-    return variant_config(root_cfg, ablation, variant)
-
-
 def test_a_variant_whose_run_is_the_pipelines_evaluates_the_pipelines_model(tmp_path):
     """S2 (attention ablation) and LoRA+ (LoRA ablation) are the pipeline's own run: same run fingerprint, and
     ``shared_finetuned`` hands them ``models/longlora/finetuned`` once ``longlora_train`` stamped it; any other
@@ -86,7 +80,7 @@ def test_a_variant_whose_run_is_the_pipelines_evaluates_the_pipelines_model(tmp_
     import json
     import os
 
-    from repro.workflows.ablations import shared_finetuned
+    from repro.workflows.ablations import shared_finetuned, variant_config
 
     # the pipeline's layout: run.*_dir relative to the working directory (here: folders under tmp_path)
     cfg = OmegaConf.load(REPO_ROOT / "params.yaml")
@@ -98,7 +92,7 @@ def test_a_variant_whose_run_is_the_pipelines_evaluates_the_pipelines_model(tmp_
     other = [("longlora_attention", "full"), ("longlora_attention", "short"), ("longlora_lora", "lora_r8"),
              ("longlora_lora", "full_ft"), ("longlora_control", "full_attn_full_ft")]
     vctx = StageContext(out_root=tmp_path / "variant", cache_root=tmp_path / "cache", group="g", sweep=True)
-    paths = {key: longlora.Paths.of(_default_variant(root_cfg, *key), vctx) for key in same + other}
+    paths = {key: longlora.Paths.of(variant_config(root_cfg, *key), vctx) for key in same + other}
     for key in same:
         assert paths[key].run_fp == main.run_fp, key
         assert shared_finetuned(root_cfg, paths[key]) is None, key  # nothing trained yet

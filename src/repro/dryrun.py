@@ -200,7 +200,7 @@ def simcse_plan(cfg: DictConfig, run: str) -> Plan:
     mlp_params = 0
     if str(enc.pooler) == "cls":  # the MLP head exists for the CLS pooler only (SentenceEncoder)
         mlp_params = shape["hidden_size"] * shape["hidden_size"] + shape["hidden_size"]
-    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()) + mlp_params
+    total = sum(p.numel() for p in model.parameters()) + mlp_params  # parameters() lists tied weights once
     global_batch = int(train.batch_size)  # global, as the paper states it
     split = split_global_batch(global_batch, _world(cfg), key=f"simcse.runs.{run}.batch_size")
     sentences = 3 if train.mode == "sup" else 2

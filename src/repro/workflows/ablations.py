@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro.cli import StageContext
 from repro.config import ConfigError, validate
-from repro.stages import STAMP
+from repro.stages import reuse_or_cache
 from repro.tracking import write_csv, write_metrics
 
 log = logging.getLogger(__name__)
@@ -145,13 +145,10 @@ def shared_finetuned(cfg: DictConfig, paths) -> Path | None:
     variants' deps, so the stage order is fixed.
     """
     folder = Path(cfg.run.model_dir) / "longlora" / "finetuned"
-    stamp = folder / STAMP
-    metrics = Path(cfg.run.metrics_dir) / "longlora" / "train.json"
-    if folder.resolve() == paths.finetuned.resolve() or not stamp.is_file() or not metrics.is_file():
+    if folder.resolve() == paths.finetuned.resolve() or not (folder / "merged" / "config.json").is_file() \
+            or not (Path(cfg.run.metrics_dir) / "longlora" / "train.json").is_file():
         return None
-    if stamp.read_text().strip() != paths.run_fp or not (folder / "merged" / "config.json").is_file():
-        return None
-    return folder
+    return folder if reuse_or_cache(folder, paths.finetuned, paths.run_fp) == folder else None
 
 
 def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: str, curve: Path,
@@ -186,6 +183,7 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
     out: dict[str, Any] = {"eval_set": set_name, "eval_role": str(spec.get("eval_role") or "")}
 
     curve_rows: list[dict[str, Any]] = []
+    finetuned, train_info = paths.finetuned, paths.metrics / "runs" / "train.json"  # the variant's own run
     if spec.kind == "longlora_steps":
         # Step 0 = Position Interpolation without fine-tuning, with full attention and with S2-Attn.
         base = load_for_context(paths.base, target, dtype=ll.model.dtype).to(device).eval()
@@ -195,19 +193,18 @@ def _longlora(cfg: DictConfig, ctx: StageContext, spec: DictConfig, ablation: st
         del base
         callback = PeriodicPerplexity(int(spec.eval_every_n_steps), ppl_eval, tokens, target, curve_rows)
         train_metrics = longlora.train(cfg, ctx, extra_callbacks=[callback])
-        finetuned, train_info = paths.finetuned, paths.metrics / "runs" / "train.json"
     elif (shared := shared_finetuned(cfg, paths)) is not None:
         # The variant's run is the pipeline's own (same base, attention, adapter, train config, seed, code and
         # world size; its diff leaves them alone): evaluate that model instead of training it a second time.
-        train_metrics = json.loads((Path(cfg.run.metrics_dir) / "longlora" / "train.json").read_text())
-        finetuned, train_info = shared, Path(cfg.run.metrics_dir) / "longlora" / "runs" / "train.json"
+        pipeline_metrics = Path(cfg.run.metrics_dir) / "longlora"
+        train_metrics = json.loads((pipeline_metrics / "train.json").read_text())
+        finetuned, train_info = shared, pipeline_metrics / "runs" / "train.json"
         paths.finetuned.mkdir(parents=True, exist_ok=True)
         (paths.finetuned / "SHARED.json").write_text(json.dumps(
             {"finetuned": str(shared), "run_fingerprint": paths.run_fp}, indent=2) + "\n")
         out["shared_with"] = "longlora_train"
     else:
         train_metrics = longlora.train(cfg, ctx)
-        finetuned, train_info = paths.finetuned, paths.metrics / "runs" / "train.json"
     out.update({k: train_metrics[k] for k in ("train/final_loss", "train/tokens_per_s", "train/trainable_params",
                                               "train/peak_mem_mb", "train/steps", "train/wall_s")})
     model = AutoModelForCausalLM.from_pretrained(finetuned / "merged", attn_implementation="sdpa",
